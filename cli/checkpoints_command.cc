@@ -1,0 +1,108 @@
+#include <boost/program_options.hpp>
+#include <ctime>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint_store.h"
+#include "cli/commands.h"
+
+namespace tandem::cli {
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr char kCheckpointsUsage[] = R"(Usage: tandem checkpoints [--store DIR] [--job NAME] [--output text|json]
+
+Lists the checkpoints in a store: job, step, size, time and state digest. The
+store is opened read-only, so this works while a job is writing to it.
+
+Options)";
+
+std::string IsoTime(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  if (bytes >= (uint64_t{1} << 30)) return absl::StrFormat("%.1f GiB", bytes / double(1 << 30));
+  if (bytes >= (uint64_t{1} << 20)) return absl::StrFormat("%.1f MiB", bytes / double(1 << 20));
+  if (bytes >= 1024) return absl::StrFormat("%.1f KiB", bytes / 1024.0);
+  return absl::StrFormat("%d B", bytes);
+}
+
+}  // namespace
+
+int CheckpointsCommand(const std::vector<std::string>& args) {
+  std::string store_dir;
+  std::string job;
+  std::string output;
+  po::options_description flags(kCheckpointsUsage);
+  flags.add_options()
+      ("help,h", "show this help")
+      ("store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")
+      ("job", po::value(&job), "only this job's checkpoints")
+      ("output", po::value(&output)->default_value("text"), "text or json");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(flags).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "tandem checkpoints: " << e.what()
+              << "\nRun `tandem checkpoints --help` for the options.\n";
+    return kExitUsage;
+  }
+  if (vm.count("help")) {
+    std::cout << flags;
+    return kExitOk;
+  }
+  if (output != "text" && output != "json") {
+    std::cerr << "tandem checkpoints: --output must be text or json, got '" << output << "'\n";
+    return kExitUsage;
+  }
+  CheckpointStoreOptions options;
+  options.read_only = true;
+  options.create_if_missing = false;
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(store_dir, options);
+  if (!store.ok()) {
+    std::cerr << "tandem checkpoints: " << store.status().message() << "\n";
+    return kExitFailed;
+  }
+  absl::StatusOr<std::vector<v1::CheckpointInfo>> list = (*store)->List(job);
+  if (!list.ok()) {
+    std::cerr << "tandem checkpoints: " << list.status().message() << "\n";
+    return kExitFailed;
+  }
+  if (!job.empty() && list->empty()) {
+    std::cerr << "tandem checkpoints: no checkpoints of job " << job << " in " << store_dir << "\n";
+    return kExitFailed;
+  }
+  if (output == "json") {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const v1::CheckpointInfo& c : *list) {
+      rows.push_back({{"job", c.job()},
+                      {"step", c.step()},
+                      {"bytes", c.total_bytes()},
+                      {"time", IsoTime(c.created_unix_ms())},
+                      {"state_digest", c.state_digest()},
+                      {"latest", c.latest()}});
+    }
+    std::cout << nlohmann::json{{"store", store_dir}, {"checkpoints", rows}}.dump() << std::endl;
+    return kExitOk;
+  }
+  std::cout << absl::StrFormat("%-24s %8s %10s  %-20s  %-16s\n", "JOB", "STEP", "SIZE", "TIME",
+                               "STATE DIGEST");
+  for (const v1::CheckpointInfo& c : *list) {
+    std::cout << absl::StrFormat("%-24s %8d %10s  %-20s  %-16s%s\n", c.job(), c.step(),
+                                 HumanBytes(c.total_bytes()), IsoTime(c.created_unix_ms()),
+                                 c.state_digest().substr(0, 16), c.latest() ? "  (latest)" : "");
+  }
+  return kExitOk;
+}
+
+}  // namespace tandem::cli

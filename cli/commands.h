@@ -1,0 +1,25 @@
+// The subcommands of `tandem`. Each takes the arguments after its name and
+// returns the process exit code.
+#ifndef TANDEM_CLI_COMMANDS_H_
+#define TANDEM_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+namespace tandem::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // the job or the operation failed
+inline constexpr int kExitUsage = 2;   // bad flags, bad values, bad spec
+
+int TrainCommand(const std::vector<std::string>& args);
+int CheckpointsCommand(const std::vector<std::string>& args);
+// `tandem worker`: one rank of a pool, started by mpirun, not by users.
+int WorkerCommand(int argc, char** argv);
+
+// Where commands keep their checkpoints unless told: ~/.tandem/store.
+std::string DefaultStoreDir();
+
+}  // namespace tandem::cli
+
+#endif  // TANDEM_CLI_COMMANDS_H_

@@ -1,0 +1,45 @@
+// tandem: trains one model on worker pools in several clouds. This file only
+// dispatches to the subcommands (cli/*_command.cc).
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(tandem: data-parallel training across worker pools in two clouds
+
+Usage: tandem COMMAND [OPTIONS]
+
+Commands:
+  train SPEC        run a job's pools on this machine (mpirun per pool) and
+                    print its result
+  checkpoints       list the checkpoints in a store
+
+Run `tandem COMMAND --help` for a command's options.
+
+Exit codes: 0 ok, 1 the job or operation failed, 2 usage error (bad flag,
+bad value, malformed job spec).
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << kUsage;
+    return tandem::cli::kExitUsage;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kUsage;
+    return tandem::cli::kExitOk;
+  }
+  if (command == "worker") return tandem::cli::WorkerCommand(argc - 1, argv + 1);
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "train") return tandem::cli::TrainCommand(args);
+  if (command == "checkpoints") return tandem::cli::CheckpointsCommand(args);
+  std::cerr << "tandem: unknown command '" << command << "'\nRun `tandem --help` for the commands.\n";
+  return tandem::cli::kExitUsage;
+}

@@ -1,0 +1,53 @@
+#include <boost/program_options.hpp>
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "transport/mpi_comm.h"
+#include "worker/trainer.h"
+#include "worker/worker_events.h"
+
+namespace tandem::cli {
+
+namespace po = boost::program_options;
+
+int WorkerCommand(int argc, char** argv) {
+  WorkerOptions options;
+  po::options_description flags("tandem worker (started by mpirun; not for direct use)");
+  flags.add_options()
+      ("spec", po::value(&options.spec_path)->required(), "job spec file")
+      ("store", po::value(&options.store_dir)->required(), "checkpoint store folder")
+      ("resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")
+      ("max-steps", po::value(&options.max_steps), "override train.max_steps");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, flags), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "tandem worker: " << e.what() << "\n" << flags;
+    return kExitUsage;
+  }
+  absl::StatusOr<std::unique_ptr<MpiSession>> mpi = MpiSession::Start(&argc, &argv);
+  if (!mpi.ok()) {
+    std::cerr << "tandem worker: " << mpi.status().message() << "\n";
+    return kExitFailed;
+  }
+  PoolComm comm = PoolComm::World();
+  absl::Status status = RunWorker(options, comm, std::cout);
+  if (status.ok()) return kExitOk;
+  if (comm.rank() == 0) {
+    std::cout << kEventPrefix
+              << nlohmann::json{{"event", "error"}, {"message", std::string(status.message())}}.dump()
+              << "\n"
+              << std::flush;
+  } else {
+    std::cerr << "tandem worker rank " << comm.rank() << ": " << status.message() << "\n";
+  }
+  // No MPI_Finalize: ranks that did not fail may be waiting in a collective,
+  // and finalize would wait for them. Exiting lets mpirun end the group.
+  std::cerr << std::flush;
+  std::_Exit(kExitFailed);
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,99 @@
+#include "checkpoint/digest.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "checkpoint/checkpoint_store.h"
+
+namespace tandem {
+namespace {
+
+std::string HexOf(const std::string& s) { return ToHex(Sha256Of(s.data(), s.size())); }
+
+TensorView View(const std::string& name, const std::string& bytes) {
+  TensorView v;
+  v.name = name;
+  v.dtype = v1::DTYPE_UINT8;
+  v.shape = {static_cast<int64_t>(bytes.size())};
+  v.data = bytes.data();
+  v.bytes = bytes.size();
+  return v;
+}
+
+// FIPS 180-2 / NIST known answers.
+TEST(Sha256Test, KnownAnswers) {
+  EXPECT_EQ(HexOf("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(HexOf(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(HexOf("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(HexOf(std::string(1000000, 'a')),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(Sha256Test, IncrementalEqualsOneShot) {
+  const std::string message(10000, 'x');
+  Sha256 sha;
+  for (size_t offset = 0; offset < message.size(); offset += 777) {
+    sha.Update(message.data() + offset, std::min<size_t>(777, message.size() - offset));
+  }
+  EXPECT_EQ(sha.Finish(), Sha256Of(message.data(), message.size()));
+}
+
+TEST(Sha256Test, FinishStartsANewMessage) {
+  Sha256 sha;
+  sha.Update("garbage", 7);
+  sha.Finish();
+  sha.Update("abc", 3);
+  EXPECT_EQ(ToHex(sha.Finish()),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(ToHexTest, LowercaseTwoDigitsPerByte) {
+  const uint8_t bytes[] = {0x00, 0x0f, 0xab, 0xff};
+  EXPECT_EQ(ToHex(bytes, sizeof(bytes)), "000fabff");
+  EXPECT_EQ(ToHex(bytes, 0), "");
+}
+
+TEST(StateDigestTest, MatchesTheDocumentedLayout) {
+  const std::string w = "weights!";
+  const std::string b = "bias";
+  Sha256 sha;
+  for (const auto& [name, bytes] :
+       {std::pair{std::string("w"), w}, std::pair{std::string("b"), b}}) {
+    sha.Update(name.data(), name.size());
+    sha.Update("\0", 1);
+    uint8_t le[8] = {};
+    le[0] = static_cast<uint8_t>(bytes.size());
+    sha.Update(le, 8);
+    sha.Update(bytes.data(), bytes.size());
+  }
+  EXPECT_EQ(StateDigest({View("w", w), View("b", b)}), ToHex(sha.Finish()));
+}
+
+TEST(StateDigestTest, SizeIsLittleEndian) {
+  const std::string big(0x0102, 'z');
+  Sha256 sha;
+  sha.Update("t\0", 2);
+  const uint8_t le[8] = {0x02, 0x01, 0, 0, 0, 0, 0, 0};
+  sha.Update(le, 8);
+  sha.Update(big.data(), big.size());
+  EXPECT_EQ(StateDigest({View("t", big)}), ToHex(sha.Finish()));
+}
+
+TEST(StateDigestTest, SensitiveToOrderNamesAndBoundaries) {
+  const std::string x = "xx";
+  const std::string y = "yy";
+  const std::string base = StateDigest({View("a", x), View("b", y)});
+  EXPECT_NE(base, StateDigest({View("b", y), View("a", x)}));
+  EXPECT_NE(base, StateDigest({View("a", x), View("c", y)}));
+  EXPECT_NE(base, StateDigest({View("a", "xxy"), View("b", "y")}));
+  EXPECT_EQ(base, StateDigest({View("a", std::string("xx")), View("b", std::string("yy"))}));
+}
+
+TEST(StateDigestTest, EmptyStateIsHashOfNothing) { EXPECT_EQ(StateDigest({}), HexOf("")); }
+
+}  // namespace
+}  // namespace tandem

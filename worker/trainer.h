@@ -1,0 +1,34 @@
+// The training loop of one rank of one pool: `tandem worker`, started by
+// mpirun. Every rank loads the data and builds the model; rank 0 (the pool
+// leader) alone owns the checkpoint store and reports events (worker_events.h)
+// on `events`. Each step: forward/backward on this rank's slice of the global
+// batch, MPI allreduce of the flat fp32 gradient, optimizer step, so every
+// rank holds bitwise-identical parameters after every step (checked at the end).
+#ifndef TANDEM_WORKER_TRAINER_H_
+#define TANDEM_WORKER_TRAINER_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "transport/mpi_comm.h"
+
+namespace tandem {
+
+struct WorkerOptions {
+  std::string spec_path;
+  std::string store_dir;
+  // Continue from the job's latest checkpoint in the store. Without it, a
+  // store that already has checkpoints of the job is refused.
+  bool resume = false;
+  // Overrides train.max_steps of the spec when non-zero.
+  uint64_t max_steps = 0;
+};
+
+// Runs this rank's share of the job to its end. Collective over `comm`.
+absl::Status RunWorker(const WorkerOptions& options, PoolComm& comm, std::ostream& events);
+
+}  // namespace tandem
+
+#endif  // TANDEM_WORKER_TRAINER_H_
