@@ -13,7 +13,8 @@ namespace po = boost::program_options;
 
 namespace {
 
-constexpr char kCheckpointsUsage[] = R"(Usage: tandem checkpoints [--store DIR] [--job NAME] [--output text|json]
+constexpr char kCheckpointsUsage[] =
+    R"(Usage: tandem checkpoints [--store DIR] [--job NAME] [--output text|json]
 
 Lists the checkpoints in a store: job, step, size, time and state digest. The
 store is opened read-only, so this works while a job is writing to it.
@@ -43,11 +44,10 @@ int CheckpointsCommand(const std::vector<std::string>& args) {
   std::string job;
   std::string output;
   po::options_description flags(kCheckpointsUsage);
-  flags.add_options()
-      ("help,h", "show this help")
-      ("store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")
-      ("job", po::value(&job), "only this job's checkpoints")
-      ("output", po::value(&output)->default_value("text"), "text or json");
+  flags.add_options()("help,h", "show this help")(
+      "store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")(
+      "job", po::value(&job), "only this job's checkpoints")(
+      "output", po::value(&output)->default_value("text"), "text or json");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(flags).run(), vm);
@@ -68,7 +68,8 @@ int CheckpointsCommand(const std::vector<std::string>& args) {
   CheckpointStoreOptions options;
   options.read_only = true;
   options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(store_dir, options);
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+      CheckpointStore::Open(store_dir, options);
   if (!store.ok()) {
     std::cerr << "tandem checkpoints: " << store.status().message() << "\n";
     return kExitFailed;

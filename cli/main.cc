@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "train") return tandem::cli::TrainCommand(args);
   if (command == "checkpoints") return tandem::cli::CheckpointsCommand(args);
-  std::cerr << "tandem: unknown command '" << command << "'\nRun `tandem --help` for the commands.\n";
+  std::cerr << "tandem: unknown command '" << command
+            << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;
 }

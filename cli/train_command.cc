@@ -48,17 +48,15 @@ int TrainCommand(const std::vector<std::string>& args) {
   bool resume = false;
   uint64_t max_steps = 0;
   po::options_description flags(kTrainUsage);
-  flags.add_options()
-      ("help,h", "show this help")
-      ("store", po::value(&store_dir)->default_value(DefaultStoreDir()),
-       "checkpoint store folder (created if missing)")
-      ("resume", po::bool_switch(&resume),
-       "continue from the job's latest checkpoint in the store")
-      ("max-steps", po::value(&max_steps)->default_value(0),
-       "stop after N steps in all (0 = as the spec says)")
-      ("output", po::value(&output)->default_value("text"),
-       "text, or json: the last line of stdout is one JSON object with steps, epochs, "
-       "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
+  flags.add_options()("help,h", "show this help")(
+      "store", po::value(&store_dir)->default_value(DefaultStoreDir()),
+      "checkpoint store folder (created if missing)")(
+      "resume", po::bool_switch(&resume), "continue from the job's latest checkpoint in the store")(
+      "max-steps", po::value(&max_steps)->default_value(0),
+      "stop after N steps in all (0 = as the spec says)")(
+      "output", po::value(&output)->default_value("text"),
+      "text, or json: the last line of stdout is one JSON object with steps, epochs, "
+      "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
   po::options_description hidden;
   hidden.add_options()("spec", po::value(&spec_path));
   po::options_description all;

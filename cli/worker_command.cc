@@ -15,11 +15,10 @@ namespace po = boost::program_options;
 int WorkerCommand(int argc, char** argv) {
   WorkerOptions options;
   po::options_description flags("tandem worker (started by mpirun; not for direct use)");
-  flags.add_options()
-      ("spec", po::value(&options.spec_path)->required(), "job spec file")
-      ("store", po::value(&options.store_dir)->required(), "checkpoint store folder")
-      ("resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")
-      ("max-steps", po::value(&options.max_steps), "override train.max_steps");
+  flags.add_options()("spec", po::value(&options.spec_path)->required(), "job spec file")(
+      "store", po::value(&options.store_dir)->required(), "checkpoint store folder")(
+      "resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")(
+      "max-steps", po::value(&options.max_steps), "override train.max_steps");
   try {
     po::variables_map vm;
     po::store(po::parse_command_line(argc, argv, flags), vm);
@@ -37,10 +36,11 @@ int WorkerCommand(int argc, char** argv) {
   absl::Status status = RunWorker(options, comm, std::cout);
   if (status.ok()) return kExitOk;
   if (comm.rank() == 0) {
-    std::cout << kEventPrefix
-              << nlohmann::json{{"event", "error"}, {"message", std::string(status.message())}}.dump()
-              << "\n"
-              << std::flush;
+    std::cout
+        << kEventPrefix
+        << nlohmann::json{{"event", "error"}, {"message", std::string(status.message())}}.dump()
+        << "\n"
+        << std::flush;
   } else {
     std::cerr << "tandem worker rank " << comm.rank() << ": " << status.message() << "\n";
   }

@@ -78,8 +78,8 @@ absl::StatusOr<TrainResult> RunLocalTraining(
         spec.name(), spec.pools_size()));
   }
   const auto start = std::chrono::steady_clock::now();
-  std::vector<std::string> worker = {options.tandem_binary, "worker",     "--spec",
-                                     options.spec_path,     "--store",    options.store_dir};
+  std::vector<std::string> worker = {options.tandem_binary, "worker",  "--spec",
+                                     options.spec_path,     "--store", options.store_dir};
   if (options.resume) worker.push_back("--resume");
   if (options.max_steps != 0) {
     worker.push_back("--max-steps");
@@ -101,18 +101,18 @@ absl::StatusOr<TrainResult> RunLocalTraining(
     if (event->kind == "error") error = event->message;
     if (event->kind == "done") {
       const v1::TrainingProgress& p = event->progress;
-      result = TrainResult{p.step(),          event->epochs,     p.global_cursor(),
-                           p.loss(),          p.test_accuracy(), p.test_loss(),
-                           p.samples_per_s(), 0,                 p.state_digest()};
+      result = TrainResult{p.step(),          event->epochs, p.global_cursor(), p.loss(),
+                           p.test_accuracy(), p.test_loss(), p.samples_per_s(), 0,
+                           p.state_digest()};
     }
   }
   absl::StatusOr<int> exit_code = (*group)->Wait();
   if (!exit_code.ok()) return exit_code.status();
   if (!error.empty()) return absl::AbortedError(error);
   if (*exit_code != 0 || !result.has_value()) {
-    return absl::AbortedError(absl::StrFormat(
-        "the worker group of pool %s exited with status %d before finishing",
-        spec.pools(0).cloud(), *exit_code));
+    return absl::AbortedError(
+        absl::StrFormat("the worker group of pool %s exited with status %d before finishing",
+                        spec.pools(0).cloud(), *exit_code));
   }
   result->wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return *result;

@@ -53,9 +53,9 @@ std::vector<std::pair<std::string, std::string>> MpirunEnv();
 // Trains `spec` to its end. `on_event` sees every event as it arrives, on the
 // calling thread. Returns the result of the leader's "done" event, or the
 // error a worker reported (or mpirun's exit status if none did).
-absl::StatusOr<TrainResult> RunLocalTraining(const LocalTrainOptions& options,
-                                             const v1::JobSpec& spec,
-                                             const std::function<void(const WorkerEvent&)>& on_event);
+absl::StatusOr<TrainResult> RunLocalTraining(
+    const LocalTrainOptions& options, const v1::JobSpec& spec,
+    const std::function<void(const WorkerEvent&)>& on_event);
 
 }  // namespace tandem
 

@@ -16,9 +16,8 @@ absl::Status FromMpi(int code, const char* what) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
   MPI_Error_string(code, text, &length);
-  return absl::InternalError(
-      absl::StrFormat("%s failed: %s (a rank of the pool may have died)", what,
-                      std::string(text, length)));
+  return absl::InternalError(absl::StrFormat("%s failed: %s (a rank of the pool may have died)",
+                                             what, std::string(text, length)));
 }
 
 // MPI counts are ints; larger buffers go in pieces.
@@ -47,9 +46,9 @@ PoolComm PoolComm::World() {
 absl::Status PoolComm::AllreduceSum(float* data, size_t count) {
   for (size_t offset = 0; offset < count; offset += kBucketFloats) {
     const int n = static_cast<int>(std::min(kBucketFloats, count - offset));
-    absl::Status status = FromMpi(
-        MPI_Allreduce(MPI_IN_PLACE, data + offset, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-        "MPI_Allreduce");
+    absl::Status status =
+        FromMpi(MPI_Allreduce(MPI_IN_PLACE, data + offset, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+                "MPI_Allreduce");
     if (!status.ok()) return status;
   }
   return absl::OkStatus();
@@ -58,9 +57,9 @@ absl::Status PoolComm::AllreduceSum(float* data, size_t count) {
 absl::Status PoolComm::AllreduceSum(double* data, size_t count) {
   for (size_t offset = 0; offset < count; offset += kBucketFloats) {
     const int n = static_cast<int>(std::min(kBucketFloats, count - offset));
-    absl::Status status = FromMpi(
-        MPI_Allreduce(MPI_IN_PLACE, data + offset, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-        "MPI_Allreduce");
+    absl::Status status =
+        FromMpi(MPI_Allreduce(MPI_IN_PLACE, data + offset, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+                "MPI_Allreduce");
     if (!status.ok()) return status;
   }
   return absl::OkStatus();

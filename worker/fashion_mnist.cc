@@ -32,13 +32,13 @@ absl::Status ReadExactly(gzFile f, const std::string& path, void* out, size_t by
     const unsigned want = static_cast<unsigned>(std::min<size_t>(bytes - done, 1u << 30));
     const int n = gzread(f, p + done, want);
     if (n < 0) {
-      return absl::DataLossError(
-          absl::StrFormat("%s: corrupt gzip data while reading the %s: %s", path, what, GzError(f)));
+      return absl::DataLossError(absl::StrFormat("%s: corrupt gzip data while reading the %s: %s",
+                                                 path, what, GzError(f)));
     }
     if (n == 0) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: file is truncated: the %s needs %d bytes, only %d are there", path, what, bytes,
-          done));
+      return absl::DataLossError(
+          absl::StrFormat("%s: file is truncated: the %s needs %d bytes, only %d are there", path,
+                          what, bytes, done));
     }
     done += static_cast<size_t>(n);
   }
@@ -89,9 +89,8 @@ absl::StatusOr<IdxArray> ReadIdxGz(const std::string& path) {
         absl::StrFormat("%s: gzip checksum failed: %s", path, GzError(file.get())));
   }
   if (n > 0) {
-    return absl::DataLossError(
-        absl::StrFormat("%s: trailing bytes after the %d bytes the IDX header announces", path,
-                        total));
+    return absl::DataLossError(absl::StrFormat(
+        "%s: trailing bytes after the %d bytes the IDX header announces", path, total));
   }
   return array;
 }
@@ -105,23 +104,21 @@ absl::StatusOr<MnistSplit> LoadFashionMnist(const std::string& dir, Split split)
   absl::StatusOr<IdxArray> labels = ReadIdxGz(labels_path);
   if (!labels.ok()) return labels.status();
   if (images->dims.size() != 3) {
-    return absl::DataLossError(absl::StrFormat("%s: expected 3 dimensions (count, rows, cols), got %d",
-                                               images_path, images->dims.size()));
+    return absl::DataLossError(absl::StrFormat(
+        "%s: expected 3 dimensions (count, rows, cols), got %d", images_path, images->dims.size()));
   }
   if (labels->dims.size() != 1) {
     return absl::DataLossError(absl::StrFormat("%s: expected 1 dimension (count), got %d",
                                                labels_path, labels->dims.size()));
   }
   if (images->dims[0] != labels->dims[0]) {
-    return absl::DataLossError(absl::StrFormat("%s has %d images but %s has %d labels",
-                                               images_path, images->dims[0], labels_path,
-                                               labels->dims[0]));
+    return absl::DataLossError(absl::StrFormat("%s has %d images but %s has %d labels", images_path,
+                                               images->dims[0], labels_path, labels->dims[0]));
   }
   for (size_t i = 0; i < labels->data.size(); ++i) {
     if (labels->data[i] >= 10) {
-      return absl::DataLossError(
-          absl::StrFormat("%s: label %d is %d, not a class in [0, 10)", labels_path, i,
-                          labels->data[i]));
+      return absl::DataLossError(absl::StrFormat("%s: label %d is %d, not a class in [0, 10)",
+                                                 labels_path, i, labels->data[i]));
     }
   }
   MnistSplit out;

@@ -28,9 +28,7 @@ class GlobalSampler {
   // Steps a job of `epochs` epochs runs, capped by `max_steps` when non-zero.
   uint64_t TotalSteps(uint32_t epochs, uint64_t max_steps) const;
 
-  uint32_t EpochAt(uint64_t cursor) const {
-    return static_cast<uint32_t>(cursor / dataset_size_);
-  }
+  uint32_t EpochAt(uint64_t cursor) const { return static_cast<uint32_t>(cursor / dataset_size_); }
   // Sample indices of the global batch that starts at `cursor`.
   std::vector<uint32_t> GlobalBatch(uint64_t cursor);
   // The permutation of epoch `epoch`.

@@ -216,7 +216,8 @@ absl::Status Trainer::OpenStoreAndResume() {
   absl::Status status;
   std::optional<Checkpoint> checkpoint;
   if (comm_.rank() == 0) {
-    absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(options_.store_dir);
+    absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+        CheckpointStore::Open(options_.store_dir);
     if (!store.ok()) {
       status = store.status();
     } else {
@@ -315,14 +316,13 @@ absl::Status Trainer::SaveCheckpoint() {
   v1::RngState* rng_state = manifest.add_rng();
   rng_state->set_name(kTorchRngName);
   rng_state->set_state(std::string(static_cast<const char*>(rng.data_ptr()), rng.nbytes()));
-  absl::StatusOr<v1::CheckpointManifest> saved =
-      store_->Save(std::move(manifest), Views(StateTensors(model_, *optimizer_)),
-                   spec_.checkpoint().keep());
+  absl::StatusOr<v1::CheckpointManifest> saved = store_->Save(
+      std::move(manifest), Views(StateTensors(model_, *optimizer_)), spec_.checkpoint().keep());
   if (!saved.ok()) {
     // The previous checkpoint is intact; losing one save must not end the run.
     Emit({{"event", "warning"},
-          {"message", absl::StrFormat("checkpoint at step %d failed: %s", step_,
-                                      saved.status().ToString())}});
+          {"message",
+           absl::StrFormat("checkpoint at step %d failed: %s", step_, saved.status().ToString())}});
     return absl::OkStatus();
   }
   last_saved_step_ = step_;
@@ -346,10 +346,10 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate() {
     at::Tensor labels =
         torch::from_blob(const_cast<uint8_t*>(test_.labels.data()) + first, {n}, torch::kUInt8)
             .to(torch::kLong);
-    sums[0] += torch::nn::functional::cross_entropy(
-                   logits, labels,
-                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                   .item<double>();
+    sums[0] +=
+        torch::nn::functional::cross_entropy(
+            logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .item<double>();
     sums[1] += logits.argmax(1).eq(labels).sum().item<double>();
   }
   absl::Status status = comm_.AllreduceSum(sums, 2);
@@ -380,9 +380,9 @@ absl::Status Trainer::Run() {
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
   const v1::TrainSpec& train = spec_.train();
   if (TotalWorkers(spec_) != static_cast<uint32_t>(comm_.size())) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "the spec's pools have %d workers but mpirun started %d ranks", TotalWorkers(spec_),
-        comm_.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the spec's pools have %d workers but mpirun started %d ranks",
+                        TotalWorkers(spec_), comm_.size()));
   }
 
   absl::StatusOr<MnistSplit> train_split = LoadFashionMnist(spec_.data().path(), Split::kTrain);
@@ -456,8 +456,7 @@ absl::Status Trainer::Run() {
     window_samples += batch_size;
     train_seconds += SecondsSince(step_start);
 
-    if (step_ == 1 || step_ == total_steps ||
-        SecondsSince(window_start) >= kProgressEverySeconds) {
+    if (step_ == 1 || step_ == total_steps || SecondsSince(window_start) >= kProgressEverySeconds) {
       Emit({{"event", "progress"},
             {"step", step_},
             {"total_steps", total_steps},

@@ -38,8 +38,8 @@ pools:
   - cloud: local
     workers: %d
 )",
-                         arch, arch, optimizer, optimizer == "adam" ? "0.001" : "0.05",
-                         every_steps, workers);
+                         arch, arch, optimizer, optimizer == "adam" ? "0.001" : "0.05", every_steps,
+                         workers);
 }
 
 Json TrainJson(const std::vector<std::string>& args) {
@@ -129,8 +129,7 @@ TEST(TrainTest, ResumeIsBitwiseIdenticalToAnUninterruptedRun) {
     Json half = TrainJson({spec, "--store", dir.Join("split"), "--max-steps", "30"});
     EXPECT_EQ(half["steps"], 30);
     EXPECT_NE(half["state_digest"], whole["state_digest"]);
-    Json resumed =
-        TrainJson({spec, "--store", dir.Join("split"), "--max-steps", "60", "--resume"});
+    Json resumed = TrainJson({spec, "--store", dir.Join("split"), "--max-steps", "60", "--resume"});
     EXPECT_EQ(resumed["steps"], 60);
     EXPECT_EQ(resumed["state_digest"], whole["state_digest"]);
     EXPECT_EQ(resumed["test_accuracy"], whole["test_accuracy"]);
@@ -199,7 +198,8 @@ TEST(TrainTest, CheckpointsCommandListsWhatTrainingSaved) {
 TEST(TrainTest, MissingDatasetFailsWithTheFileName) {
   TempDir dir;
   std::string yaml = SpecYaml("mlp", 2, 0);
-  yaml = absl::StrReplaceAll(yaml, {{"model:", "data:\n  path: " + dir.Join("nodata") + "\nmodel:"}});
+  yaml =
+      absl::StrReplaceAll(yaml, {{"model:", "data:\n  path: " + dir.Join("nodata") + "\nmodel:"}});
   const std::string spec = dir.Write("mlp.yaml", yaml);
   RunResult run = RunTandem({"train", spec, "--store", dir.Join("s")});
   EXPECT_EQ(run.exit_code, 1);

@@ -21,8 +21,8 @@ TEST(PoolCommTest, AllreduceSumSpansSeveralBuckets) {
   ASSERT_TRUE(comm.AllreduceSum(data.data(), n).ok());
   const int ranks = comm.size();
   const float rank_sum = static_cast<float>(ranks * (ranks - 1) / 2);
-  for (size_t i : {size_t{0}, size_t{96}, PoolComm::kBucketFloats - 1, PoolComm::kBucketFloats,
-                   n - 1}) {
+  for (size_t i :
+       {size_t{0}, size_t{96}, PoolComm::kBucketFloats - 1, PoolComm::kBucketFloats, n - 1}) {
     EXPECT_EQ(data[i], static_cast<float>(ranks * (i % 97)) + rank_sum) << "index " << i;
   }
 }

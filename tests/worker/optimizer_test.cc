@@ -29,15 +29,15 @@ double MaxDifference(const v1::TrainSpec& train) {
   std::unique_ptr<Optimizer> optimizer = MakeOptimizer(train, ours.numel());
   std::unique_ptr<torch::optim::Optimizer> reference;
   if (train.optimizer() == v1::OPTIMIZER_KIND_ADAM) {
-    reference = std::make_unique<torch::optim::Adam>(
-        std::vector<torch::Tensor>{theirs},
-        torch::optim::AdamOptions(train.lr()).eps(train.adam_eps()).weight_decay(
-            train.weight_decay()));
+    reference = std::make_unique<torch::optim::Adam>(std::vector<torch::Tensor>{theirs},
+                                                     torch::optim::AdamOptions(train.lr())
+                                                         .eps(train.adam_eps())
+                                                         .weight_decay(train.weight_decay()));
   } else {
-    reference = std::make_unique<torch::optim::SGD>(
-        std::vector<torch::Tensor>{theirs},
-        torch::optim::SGDOptions(train.lr()).momentum(train.momentum()).weight_decay(
-            train.weight_decay()));
+    reference = std::make_unique<torch::optim::SGD>(std::vector<torch::Tensor>{theirs},
+                                                    torch::optim::SGDOptions(train.lr())
+                                                        .momentum(train.momentum())
+                                                        .weight_decay(train.weight_decay()));
   }
   for (int step = 0; step < 6; ++step) {
     at::Tensor grad = torch::randn({1000});
