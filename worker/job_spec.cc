@@ -85,7 +85,7 @@ constexpr absl::string_view kDataKeys[] = {"dataset", "path"};
 constexpr absl::string_view kTrainKeys[] = {
     "epochs", "max_steps",        "global_batch", "optimizer",  "lr",       "momentum",
     "seed",   "eval_every_steps", "adam_beta1",   "adam_beta2", "adam_eps", "weight_decay"};
-constexpr absl::string_view kCheckpointKeys[] = {"every_steps", "keep"};
+constexpr absl::string_view kCheckpointKeys[] = {"every_steps", "keep", "async"};
 constexpr absl::string_view kPoolKeys[] = {"cloud", "workers"};
 constexpr absl::string_view kExchangeKeys[] = {"codec",   "rank", "topk_ratio",
                                                "streams", "mode", "digest_every_steps"};
@@ -200,6 +200,14 @@ absl::StatusOr<double> ToDouble(const YAML::Node& node, absl::string_view field)
   return value;
 }
 
+absl::StatusOr<bool> ToBool(const YAML::Node& node, absl::string_view field) {
+  if (node.IsScalar() && node.Tag() == kPlainTag) {
+    if (node.Scalar() == "true") return true;
+    if (node.Scalar() == "false") return false;
+  }
+  return FieldError(field, absl::StrCat("expected true or false, got ", Describe(node)));
+}
+
 absl::StatusOr<std::string> ToString(const YAML::Node& node, absl::string_view field) {
   if (!node.IsScalar()) {
     return FieldError(field, absl::StrCat("expected a string, got ", Describe(node)));
@@ -293,6 +301,11 @@ class MapReader {
   }
 
   template <typename Set>
+  void Bool(absl::string_view key, Set set) {
+    Read(key, ToBool, set);
+  }
+
+  template <typename Set>
   void String(absl::string_view key, Set set) {
     Read(key, ToString, set);
   }
@@ -350,6 +363,7 @@ void SetDefaults(v1::JobSpec* spec) {
 
   spec->mutable_checkpoint()->set_every_steps(100);
   spec->mutable_checkpoint()->set_keep(3);
+  spec->mutable_checkpoint()->set_async(true);
 
   v1::ExchangeSpec* exchange = spec->mutable_exchange();
   exchange->set_codec(v1::CODEC_KIND_NONE);
@@ -430,6 +444,7 @@ absl::StatusOr<v1::JobSpec> MapJobSpec(const YAML::Node& root) {
   v1::CheckpointSpec* c = spec.mutable_checkpoint();
   checkpoint.Uint32("every_steps", [c](uint32_t value) { c->set_every_steps(value); });
   checkpoint.Uint32("keep", [c](uint32_t value) { c->set_keep(value); });
+  checkpoint.Bool("async", [c](bool value) { c->set_async(value); });
   if (!checkpoint.status().ok()) return checkpoint.status();
 
   if (absl::Status status = MapPools(top.Get("pools"), &spec); !status.ok()) return status;

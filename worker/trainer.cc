@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/async_saver.h"
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "worker/fashion_mnist.h"
@@ -181,7 +182,12 @@ class Trainer {
   at::Tensor Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const;
   absl::Status OpenStoreAndResume();
   absl::Status BroadcastState();
-  absl::Status SaveCheckpoint();
+  // Rank 0: hands the state of this step to the store, on the saver's
+  // thread when checkpoint.async is set. Failures become warnings.
+  void SaveCheckpoint();
+  // Rank 0: reports saves that finished (after waiting for all, if `wait`).
+  void ReportSaves(bool wait);
+  void ReportSave(const AsyncSaver::Finished& finished);
   absl::StatusOr<std::pair<double, double>> Evaluate();
   absl::Status CheckReplicasAgree(const std::string& digest);
 
@@ -196,6 +202,8 @@ class Trainer {
   FlatModel model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<CheckpointStore> store_;  // rank 0 only
+  std::unique_ptr<AsyncSaver> saver_;       // rank 0 only; destroyed before store_
+  std::map<uint64_t, double> stall_ms_;     // training time each checkpoint cost
   uint64_t step_ = 0;
   uint64_t cursor_ = 0;
   uint64_t last_saved_step_ = UINT64_MAX;
@@ -222,6 +230,7 @@ absl::Status Trainer::OpenStoreAndResume() {
       status = store.status();
     } else {
       store_ = std::move(*store);
+      if (spec_.checkpoint().async()) saver_ = std::make_unique<AsyncSaver>(store_.get());
       absl::StatusOr<uint64_t> latest = store_->LatestStep(spec_.name());
       if (latest.ok() && !options_.resume) {
         status = absl::AlreadyExistsError(absl::StrFormat(
@@ -298,8 +307,8 @@ absl::Status Trainer::BroadcastState() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::SaveCheckpoint() {
-  if (comm_.rank() != 0 || last_saved_step_ == step_) return absl::OkStatus();
+void Trainer::SaveCheckpoint() {
+  if (comm_.rank() != 0 || last_saved_step_ == step_) return;
   const Clock::time_point start = Clock::now();
   v1::CheckpointManifest manifest;
   manifest.set_job(spec_.name());
@@ -316,22 +325,46 @@ absl::Status Trainer::SaveCheckpoint() {
   v1::RngState* rng_state = manifest.add_rng();
   rng_state->set_name(kTorchRngName);
   rng_state->set_state(std::string(static_cast<const char*>(rng.data_ptr()), rng.nbytes()));
+  last_saved_step_ = step_;
+  if (saver_ != nullptr) {
+    std::vector<StoredTensor> copy;
+    for (const TensorView& view : Views(StateTensors(model_, *optimizer_))) {
+      copy.push_back({view.name, view.dtype, view.shape,
+                      std::string(static_cast<const char*>(view.data), view.bytes)});
+    }
+    saver_->Submit(std::move(manifest), std::move(copy), spec_.checkpoint().keep());
+    stall_ms_[step_] = SecondsSince(start) * 1000;
+    return;
+  }
   absl::StatusOr<v1::CheckpointManifest> saved = store_->Save(
       std::move(manifest), Views(StateTensors(model_, *optimizer_)), spec_.checkpoint().keep());
-  if (!saved.ok()) {
-    // The previous checkpoint is intact; losing one save must not end the run.
+  stall_ms_[step_] = SecondsSince(start) * 1000;
+  ReportSave({step_, std::move(saved), SecondsSince(start)});
+}
+
+void Trainer::ReportSaves(bool wait) {
+  if (saver_ == nullptr) return;
+  if (wait) saver_->Wait();
+  for (AsyncSaver::Finished& finished : saver_->TakeFinished()) ReportSave(finished);
+}
+
+void Trainer::ReportSave(const AsyncSaver::Finished& finished) {
+  const double stall_ms = stall_ms_[finished.step];
+  stall_ms_.erase(finished.step);
+  if (!finished.manifest.ok()) {
+    // The store commits atomically, so the previous checkpoint is intact:
+    // losing one save must not end the run.
     Emit({{"event", "warning"},
-          {"message",
-           absl::StrFormat("checkpoint at step %d failed: %s", step_, saved.status().ToString())}});
-    return absl::OkStatus();
+          {"message", absl::StrFormat("checkpoint at step %d failed: %s", finished.step,
+                                      finished.manifest.status().ToString())}});
+    return;
   }
-  last_saved_step_ = step_;
   Emit({{"event", "checkpoint"},
-        {"step", step_},
-        {"state_digest", saved->state_digest()},
-        {"bytes", saved->total_bytes()},
-        {"save_ms", SecondsSince(start) * 1000}});
-  return absl::OkStatus();
+        {"step", finished.step},
+        {"state_digest", finished.manifest->state_digest()},
+        {"bytes", finished.manifest->total_bytes()},
+        {"save_ms", finished.save_seconds * 1000},
+        {"stall_ms", stall_ms}});
 }
 
 absl::StatusOr<std::pair<double, double>> Trainer::Evaluate() {
@@ -477,9 +510,9 @@ absl::Status Trainer::Run() {
             {"test_loss", eval->second}});
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
-      status = ShareStatus(comm_, SaveCheckpoint());
-      if (!status.ok()) return status;
+      SaveCheckpoint();
     }
+    if (comm_.rank() == 0) ReportSaves(/*wait=*/false);
   }
   // Backward must have accumulated into our flat buffer, not into fresh
   // tensors; otherwise the allreduce would have summed zeros.
@@ -500,8 +533,8 @@ absl::Status Trainer::Run() {
         {"test_accuracy", test_accuracy},
         {"test_loss", test_loss}});
 
-  status = ShareStatus(comm_, SaveCheckpoint());
-  if (!status.ok()) return status;
+  SaveCheckpoint();
+  if (comm_.rank() == 0) ReportSaves(/*wait=*/true);
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
   status = CheckReplicasAgree(digest);
   if (!status.ok()) return status;

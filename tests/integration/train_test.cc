@@ -195,6 +195,31 @@ TEST(TrainTest, CheckpointsCommandListsWhatTrainingSaved) {
   EXPECT_THAT(text.out, HasSubstr("(latest)"));
 }
 
+// The async saver copies the state before training moves on: its
+// checkpoints must hold exactly what a synchronous save writes.
+TEST(TrainTest, AsyncAndSynchronousSavesStoreTheSameState) {
+  TempDir dir;
+  const std::string yaml = SpecYaml("mlp", 2, 10);
+  const std::string async_spec = dir.Write("async.yaml", yaml);
+  const std::string sync_spec = dir.Write(
+      "sync.yaml", absl::StrReplaceAll(yaml, {{"  keep: 2\n", "  keep: 2\n  async: false\n"}}));
+  TrainJson({async_spec, "--store", dir.Join("a"), "--max-steps", "30"});
+  TrainJson({sync_spec, "--store", dir.Join("s"), "--max-steps", "30"});
+  auto digests = [&](const std::string& store) {
+    RunResult list = RunTandem({"checkpoints", "--store", store, "--output", "json"});
+    EXPECT_EQ(list.exit_code, 0) << list.err;
+    std::vector<std::pair<uint64_t, std::string>> out;
+    const Json parsed = Json::parse(list.LastLine());
+    for (const Json& c : parsed["checkpoints"]) {
+      out.emplace_back(c["step"].get<uint64_t>(), c["state_digest"].get<std::string>());
+    }
+    return out;
+  };
+  const auto async_digests = digests(dir.Join("a"));
+  EXPECT_EQ(async_digests.size(), 2u);  // keep: 2
+  EXPECT_EQ(async_digests, digests(dir.Join("s")));
+}
+
 TEST(TrainTest, MissingDatasetFailsWithTheFileName) {
   TempDir dir;
   std::string yaml = SpecYaml("mlp", 2, 0);

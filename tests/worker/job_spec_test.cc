@@ -111,6 +111,7 @@ TEST(JobSpecTest, FillsDefaults) {
   EXPECT_DOUBLE_EQ(train.weight_decay(), 0);
   EXPECT_EQ(spec->checkpoint().every_steps(), 100u);
   EXPECT_EQ(spec->checkpoint().keep(), 3u);
+  EXPECT_TRUE(spec->checkpoint().async());
   const v1::ExchangeSpec& exchange = spec->exchange();
   EXPECT_EQ(exchange.codec(), v1::CODEC_KIND_NONE);
   EXPECT_EQ(exchange.rank(), 4u);
@@ -220,6 +221,16 @@ TEST(JobSpecTest, RejectsWrongScalarType) {
                 "expected a number, got \".nan\"");
   ExpectInvalid(absl::StrCat(kMinimal, "train: {lr: }\n"), "train.lr",
                 "expected a number, got null");
+  ExpectInvalid(absl::StrCat(kMinimal, "checkpoint: {async: yes please}\n"), "checkpoint.async",
+                "expected true or false, got \"yes please\"");
+  ExpectInvalid(absl::StrCat(kMinimal, "checkpoint: {async: \"true\"}\n"), "checkpoint.async",
+                "expected true or false, got the string \"true\"");
+}
+
+TEST(JobSpecTest, ReadsBooleans) {
+  absl::StatusOr<v1::JobSpec> spec = Parse(absl::StrCat(kMinimal, "checkpoint: {async: false}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->checkpoint().async());
 }
 
 TEST(JobSpecTest, RejectsWrongNodeKind) {

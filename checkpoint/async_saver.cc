@@ -1,0 +1,76 @@
+#include "checkpoint/async_saver.h"
+
+#include <chrono>
+
+namespace tandem {
+
+AsyncSaver::AsyncSaver(CheckpointStore* store) : store_(store), thread_([this] { Loop(); }) {}
+
+AsyncSaver::~AsyncSaver() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void AsyncSaver::Submit(v1::CheckpointManifest manifest, std::vector<StoredTensor> tensors,
+                        uint32_t keep) {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](AsyncSaver* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+        return !s->busy_ && !s->pending_.has_value();
+      },
+      this));
+  pending_ = Job{std::move(manifest), std::move(tensors), keep};
+}
+
+void AsyncSaver::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](AsyncSaver* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+        return !s->busy_ && !s->pending_.has_value();
+      },
+      this));
+}
+
+std::vector<AsyncSaver::Finished> AsyncSaver::TakeFinished() {
+  absl::MutexLock lock(&mu_);
+  std::vector<Finished> out;
+  out.swap(finished_);
+  return out;
+}
+
+void AsyncSaver::Loop() {
+  while (true) {
+    Job job;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](AsyncSaver* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+            return s->stop_ || s->pending_.has_value();
+          },
+          this));
+      if (!pending_.has_value()) return;  // stopping, nothing left to write
+      job = std::move(*pending_);
+      pending_.reset();
+      busy_ = true;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<TensorView> views;
+    views.reserve(job.tensors.size());
+    for (const StoredTensor& t : job.tensors) {
+      views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+    }
+    const uint64_t step = job.manifest.step();
+    absl::StatusOr<v1::CheckpointManifest> saved =
+        store_->Save(std::move(job.manifest), views, job.keep);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    absl::MutexLock lock(&mu_);
+    finished_.push_back({step, std::move(saved), seconds});
+    busy_ = false;
+  }
+}
+
+}  // namespace tandem

@@ -1,0 +1,68 @@
+// AsyncSaver: writes checkpoints on a background thread so that training
+// blocks only for the host copy of its state.
+//
+// At most one save is in flight: Submit waits for the previous save to finish
+// before handing over the next one. A save that fails leaves the store's
+// previous checkpoint valid (the store commits atomically) and is reported
+// through TakeFinished; it never stops the caller. Submit, Wait and
+// TakeFinished are called from one thread (the training loop); the destructor
+// waits for the save in flight. The store must outlive the saver.
+#ifndef TANDEM_CHECKPOINT_ASYNC_SAVER_H_
+#define TANDEM_CHECKPOINT_ASYNC_SAVER_H_
+
+#include <cstdint>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "checkpoint/checkpoint_store.h"
+
+namespace tandem {
+
+class AsyncSaver {
+ public:
+  struct Finished {
+    uint64_t step = 0;
+    absl::StatusOr<v1::CheckpointManifest> manifest;  // the committed manifest, or why not
+    double save_seconds = 0;                          // hashing + writing, off the training thread
+  };
+
+  explicit AsyncSaver(CheckpointStore* store);
+  ~AsyncSaver();
+  AsyncSaver(const AsyncSaver&) = delete;
+  AsyncSaver& operator=(const AsyncSaver&) = delete;
+
+  // Queues a save of `tensors` (owned copies: the caller's state may change
+  // as soon as this returns). Blocks while a previous save is still running.
+  void Submit(v1::CheckpointManifest manifest, std::vector<StoredTensor> tensors, uint32_t keep);
+
+  // Blocks until no save is in flight.
+  void Wait();
+
+  // Saves that finished since the last call, oldest first.
+  std::vector<Finished> TakeFinished();
+
+ private:
+  struct Job {
+    v1::CheckpointManifest manifest;
+    std::vector<StoredTensor> tensors;
+    uint32_t keep;
+  };
+
+  void Loop();
+
+  CheckpointStore* store_;
+  absl::Mutex mu_;
+  std::optional<Job> pending_ ABSL_GUARDED_BY(mu_);
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_CHECKPOINT_ASYNC_SAVER_H_

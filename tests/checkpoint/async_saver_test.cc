@@ -1,0 +1,89 @@
+#include "checkpoint/async_saver.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "checkpoint/digest.h"
+
+namespace tandem {
+namespace {
+
+class AsyncSaverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/tandem-async-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    auto store = CheckpointStore::Open(dir_ + "/store");
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+  void TearDown() override {
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  static v1::CheckpointManifest Manifest(const std::string& job, uint64_t step) {
+    v1::CheckpointManifest m;
+    m.set_job(job);
+    m.set_step(step);
+    return m;
+  }
+  static std::vector<StoredTensor> State(char fill, size_t bytes) {
+    return {{"model.w", v1::DTYPE_UINT8, {static_cast<int64_t>(bytes)}, std::string(bytes, fill)}};
+  }
+
+  std::string dir_;
+  std::unique_ptr<CheckpointStore> store_;
+};
+
+TEST_F(AsyncSaverTest, SavesInOrderAndReportsEach) {
+  AsyncSaver saver(store_.get());
+  saver.Submit(Manifest("job", 10), State('a', 1 << 20), 0);
+  saver.Submit(Manifest("job", 20), State('b', 1 << 20), 0);
+  saver.Wait();
+  std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
+  ASSERT_EQ(finished.size(), 2u);
+  EXPECT_EQ(finished[0].step, 10u);
+  EXPECT_EQ(finished[1].step, 20u);
+  ASSERT_TRUE(finished[1].manifest.ok()) << finished[1].manifest.status();
+  EXPECT_GE(finished[1].save_seconds, 0);
+  EXPECT_TRUE(saver.TakeFinished().empty());
+  auto latest = store_->Load("job");
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(latest->manifest.step(), 20u);
+  EXPECT_EQ(latest->tensors[0].bytes, std::string(1 << 20, 'b'));
+  EXPECT_EQ(latest->manifest.state_digest(), finished[1].manifest->state_digest());
+}
+
+TEST_F(AsyncSaverTest, FailedSaveIsReportedAndLaterSavesGoOn) {
+  AsyncSaver saver(store_.get());
+  saver.Submit(Manifest("job", 1), State('a', 100), 0);
+  saver.Submit(Manifest("bad/job", 2), State('b', 100), 0);  // '/' is not allowed in a job
+  saver.Submit(Manifest("job", 3), State('c', 100), 0);
+  saver.Wait();
+  std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
+  ASSERT_EQ(finished.size(), 3u);
+  EXPECT_TRUE(finished[0].manifest.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(finished[1].manifest.status()))
+      << finished[1].manifest.status();
+  EXPECT_TRUE(finished[2].manifest.ok());
+  auto latest = store_->LatestStep("job");
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(*latest, 3u);
+}
+
+TEST_F(AsyncSaverTest, DestructorFinishesTheSaveInFlight) {
+  {
+    AsyncSaver saver(store_.get());
+    saver.Submit(Manifest("job", 7), State('z', 3 << 20), 0);
+  }
+  auto loaded = store_->Load("job");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->manifest.step(), 7u);
+  EXPECT_EQ(loaded->tensors[0].bytes, std::string(3 << 20, 'z'));
+}
+
+}  // namespace
+}  // namespace tandem
