@@ -1,6 +1,7 @@
 #include "checkpoint/async_saver.h"
 
 #include <chrono>
+#include <cstring>
 
 namespace tandem {
 
@@ -14,15 +15,22 @@ AsyncSaver::~AsyncSaver() {
   thread_.join();
 }
 
-void AsyncSaver::Submit(v1::CheckpointManifest manifest, std::vector<StoredTensor> tensors,
+void AsyncSaver::Submit(v1::CheckpointManifest manifest, const std::vector<TensorView>& tensors,
                         uint32_t keep) {
+  Wait();
+  // No save is pending or running, so the saver thread does not touch staging_.
+  staging_.resize(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorView& view = tensors[i];
+    StoredTensor& copy = staging_[i];
+    copy.name = view.name;
+    copy.dtype = view.dtype;
+    copy.shape = view.shape;
+    copy.bytes.resize(view.bytes);
+    if (view.bytes != 0) std::memcpy(copy.bytes.data(), view.data, view.bytes);
+  }
   absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](AsyncSaver* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-        return !s->busy_ && !s->pending_.has_value();
-      },
-      this));
-  pending_ = Job{std::move(manifest), std::move(tensors), keep};
+  pending_ = Job{std::move(manifest), keep};
 }
 
 void AsyncSaver::Wait() {
@@ -58,8 +66,8 @@ void AsyncSaver::Loop() {
     }
     const auto start = std::chrono::steady_clock::now();
     std::vector<TensorView> views;
-    views.reserve(job.tensors.size());
-    for (const StoredTensor& t : job.tensors) {
+    views.reserve(staging_.size());
+    for (const StoredTensor& t : staging_) {
       views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
     }
     const uint64_t step = job.manifest.step();

@@ -1,8 +1,9 @@
 // AsyncSaver: writes checkpoints on a background thread so that training
 // blocks only for the host copy of its state.
 //
-// At most one save is in flight: Submit waits for the previous save to finish
-// before handing over the next one. A save that fails leaves the store's
+// At most one save is in flight: Submit waits for the previous save to finish,
+// then copies the state into staging buffers that the saver keeps from one
+// save to the next (so later copies touch no fresh pages) and returns. A save that fails leaves the store's
 // previous checkpoint valid (the store commits atomically) and is reported
 // through TakeFinished; it never stops the caller. Submit, Wait and
 // TakeFinished are called from one thread (the training loop); the destructor
@@ -35,9 +36,10 @@ class AsyncSaver {
   AsyncSaver(const AsyncSaver&) = delete;
   AsyncSaver& operator=(const AsyncSaver&) = delete;
 
-  // Queues a save of `tensors` (owned copies: the caller's state may change
-  // as soon as this returns). Blocks while a previous save is still running.
-  void Submit(v1::CheckpointManifest manifest, std::vector<StoredTensor> tensors, uint32_t keep);
+  // Copies `tensors` and queues their save; the caller's state may change as
+  // soon as this returns. Blocks while a previous save is still running.
+  void Submit(v1::CheckpointManifest manifest, const std::vector<TensorView>& tensors,
+              uint32_t keep);
 
   // Blocks until no save is in flight.
   void Wait();
@@ -48,7 +50,6 @@ class AsyncSaver {
  private:
   struct Job {
     v1::CheckpointManifest manifest;
-    std::vector<StoredTensor> tensors;
     uint32_t keep;
   };
 
@@ -57,6 +58,9 @@ class AsyncSaver {
   CheckpointStore* store_;
   absl::Mutex mu_;
   std::optional<Job> pending_ ABSL_GUARDED_BY(mu_);
+  // The copied state of the pending or running save. Written by Submit only
+  // while no save is pending or running, read by the saver thread otherwise.
+  std::vector<StoredTensor> staging_;
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);

@@ -327,12 +327,8 @@ void Trainer::SaveCheckpoint() {
   rng_state->set_state(std::string(static_cast<const char*>(rng.data_ptr()), rng.nbytes()));
   last_saved_step_ = step_;
   if (saver_ != nullptr) {
-    std::vector<StoredTensor> copy;
-    for (const TensorView& view : Views(StateTensors(model_, *optimizer_))) {
-      copy.push_back({view.name, view.dtype, view.shape,
-                      std::string(static_cast<const char*>(view.data), view.bytes)});
-    }
-    saver_->Submit(std::move(manifest), std::move(copy), spec_.checkpoint().keep());
+    saver_->Submit(std::move(manifest), Views(StateTensors(model_, *optimizer_)),
+                   spec_.checkpoint().keep());
     stall_ms_[step_] = SecondsSince(start) * 1000;
     return;
   }

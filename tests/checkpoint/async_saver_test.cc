@@ -30,8 +30,10 @@ class AsyncSaverTest : public ::testing::Test {
     m.set_step(step);
     return m;
   }
-  static std::vector<StoredTensor> State(char fill, size_t bytes) {
-    return {{"model.w", v1::DTYPE_UINT8, {static_cast<int64_t>(bytes)}, std::string(bytes, fill)}};
+  // A one-tensor state whose bytes live in `buffer`.
+  static std::vector<TensorView> State(std::string& buffer, char fill, size_t bytes) {
+    buffer.assign(bytes, fill);
+    return {{"model.w", v1::DTYPE_UINT8, {static_cast<int64_t>(bytes)}, buffer.data(), bytes}};
   }
 
   std::string dir_;
@@ -40,8 +42,11 @@ class AsyncSaverTest : public ::testing::Test {
 
 TEST_F(AsyncSaverTest, SavesInOrderAndReportsEach) {
   AsyncSaver saver(store_.get());
-  saver.Submit(Manifest("job", 10), State('a', 1 << 20), 0);
-  saver.Submit(Manifest("job", 20), State('b', 1 << 20), 0);
+  std::string state;
+  saver.Submit(Manifest("job", 10), State(state, 'a', 1 << 20), 0);
+  state.assign(1 << 20, 'x');  // the caller's state moves on: the save holds a copy
+  saver.Submit(Manifest("job", 20), State(state, 'b', 1 << 20), 0);
+  state.assign(1 << 20, 'y');
   saver.Wait();
   std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
   ASSERT_EQ(finished.size(), 2u);
@@ -59,9 +64,10 @@ TEST_F(AsyncSaverTest, SavesInOrderAndReportsEach) {
 
 TEST_F(AsyncSaverTest, FailedSaveIsReportedAndLaterSavesGoOn) {
   AsyncSaver saver(store_.get());
-  saver.Submit(Manifest("job", 1), State('a', 100), 0);
-  saver.Submit(Manifest("bad/job", 2), State('b', 100), 0);  // '/' is not allowed in a job
-  saver.Submit(Manifest("job", 3), State('c', 100), 0);
+  std::string state;
+  saver.Submit(Manifest("job", 1), State(state, 'a', 100), 0);
+  saver.Submit(Manifest("bad/job", 2), State(state, 'b', 100), 0);  // no '/' in a job name
+  saver.Submit(Manifest("job", 3), State(state, 'c', 100), 0);
   saver.Wait();
   std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
   ASSERT_EQ(finished.size(), 3u);
@@ -77,7 +83,8 @@ TEST_F(AsyncSaverTest, FailedSaveIsReportedAndLaterSavesGoOn) {
 TEST_F(AsyncSaverTest, DestructorFinishesTheSaveInFlight) {
   {
     AsyncSaver saver(store_.get());
-    saver.Submit(Manifest("job", 7), State('z', 3 << 20), 0);
+    std::string state;
+    saver.Submit(Manifest("job", 7), State(state, 'z', 3 << 20), 0);
   }
   auto loaded = store_->Load("job");
   ASSERT_TRUE(loaded.ok()) << loaded.status();

@@ -1,0 +1,235 @@
+// Checkpoint store benchmarks, each against a baseline measured in the same
+// run on the same disk:
+//   1. save throughput vs a raw sequential write (+ fdatasync) of the same bytes;
+//      restore throughput vs a raw read of them;
+//   2. training stall per checkpoint, async vs synchronous save;
+//   3. bytes written for an incremental checkpoint vs a full one.
+// The state is synthetic: --mib MiB of random fp32 in 16 MiB tensors.
+// Prints a Markdown table. Usage: checkpoint_bench [--mib N] [--dir DIR]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "checkpoint/async_saver.h"
+#include "checkpoint/checkpoint_store.h"
+
+namespace tandem {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+void Check(const absl::Status& status, const char* what) {
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+// Bytes this process has caused to be written to the storage layer.
+uint64_t WriteBytes() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  uint64_t value = 0;
+  while (io >> key >> value) {
+    if (key == "write_bytes:") return value;
+  }
+  return 0;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::vector<StoredTensor> MakeState(size_t mib, uint32_t seed) {
+  constexpr size_t kTensorBytes = 16 << 20;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<StoredTensor> state;
+  for (size_t done = 0, i = 0; done < mib << 20; done += kTensorBytes, ++i) {
+    StoredTensor t;
+    t.name = "model.layer" + std::to_string(i) + ".weight";
+    t.dtype = v1::DTYPE_FLOAT32;
+    t.shape = {static_cast<int64_t>(kTensorBytes / sizeof(float))};
+    t.bytes.resize(kTensorBytes);
+    auto* f = reinterpret_cast<float*>(t.bytes.data());
+    for (size_t k = 0; k < kTensorBytes / sizeof(float); ++k) f[k] = normal(rng);
+    state.push_back(std::move(t));
+  }
+  return state;
+}
+
+std::vector<TensorView> Views(const std::vector<StoredTensor>& state) {
+  std::vector<TensorView> views;
+  for (const StoredTensor& t : state) {
+    views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  }
+  return views;
+}
+
+v1::CheckpointManifest Manifest(uint64_t step) {
+  v1::CheckpointManifest m;
+  m.set_job("bench");
+  m.set_step(step);
+  return m;
+}
+
+double RawWrite(const std::string& path, const std::vector<StoredTensor>& state) {
+  const Clock::time_point start = Clock::now();
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  for (const StoredTensor& t : state) {
+    size_t done = 0;
+    while (done < t.bytes.size()) {
+      const ssize_t n = write(fd, t.bytes.data() + done, t.bytes.size() - done);
+      if (n <= 0) std::exit(1);
+      done += static_cast<size_t>(n);
+    }
+  }
+  fdatasync(fd);
+  close(fd);
+  return Since(start);
+}
+
+double RawRead(const std::string& path, size_t bytes) {
+  std::string buffer(bytes, '\0');
+  const Clock::time_point start = Clock::now();
+  const int fd = open(path.c_str(), O_RDONLY);
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = read(fd, buffer.data() + done, bytes - done);
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  close(fd);
+  return Since(start);
+}
+
+// A training step's worth of arithmetic, ~`seconds` long on this machine.
+void Compute(std::vector<float>& work, double seconds) {
+  const Clock::time_point start = Clock::now();
+  while (Since(start) < seconds) {
+    for (float& x : work) x = x * 0.999f + 0.001f;
+  }
+}
+
+}  // namespace
+}  // namespace tandem
+
+int main(int argc, char** argv) {
+  using namespace tandem;
+  size_t mib = 128;
+  std::string root = "/tmp";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--mib") mib = std::strtoul(argv[i + 1], nullptr, 10);
+    if (std::string(argv[i]) == "--dir") root = argv[i + 1];
+  }
+  const std::string dir = root + "/tandem-ckpt-bench";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::vector<StoredTensor> state = MakeState(mib, 1);
+  const size_t bytes = mib << 20;
+  const double mb = bytes / 1e6;
+  constexpr int kRepeats = 3;
+
+  // 1. Save and restore throughput.
+  std::vector<double> raw_write, save, raw_read, restore;
+  for (int r = 0; r < kRepeats; ++r) {
+    raw_write.push_back(RawWrite(dir + "/raw.bin", state));
+    raw_read.push_back(RawRead(dir + "/raw.bin", bytes));
+    std::filesystem::remove(dir + "/raw.bin");
+    const std::string store_dir = dir + "/store" + std::to_string(r);
+    auto store = CheckpointStore::Open(store_dir);
+    Check(store.status(), "open");
+    Clock::time_point start = Clock::now();
+    Check((*store)->Save(Manifest(1), Views(state), 0).status(), "save");
+    save.push_back(Since(start));
+    start = Clock::now();
+    auto loaded = (*store)->Load("bench");
+    Check(loaded.status(), "load");
+    restore.push_back(Since(start));
+    store->reset();
+    std::filesystem::remove_all(store_dir);
+  }
+  const double raw_write_mbs = mb / Median(raw_write);
+  const double save_mbs = mb / Median(save);
+  const double raw_read_mbs = mb / Median(raw_read);
+  const double restore_mbs = mb / Median(restore);
+
+  // 2. Stall per checkpoint: a loop of compute steps, checkpointing every
+  // 4th; the stall is the time the training thread spends in the checkpoint.
+  std::vector<float> work(1 << 20, 1.0f);
+  double stall[2] = {0, 0};
+  int checkpoints = 0;
+  for (int async = 0; async < 2; ++async) {
+    const std::string store_dir = dir + (async ? "/async" : "/sync");
+    auto store = CheckpointStore::Open(store_dir);
+    Check(store.status(), "open");
+    std::vector<StoredTensor> live = MakeState(mib, 2);
+    AsyncSaver saver(store->get());
+    checkpoints = 0;
+    for (int step = 1; step <= 16; ++step) {
+      Compute(work, 0.25);
+      reinterpret_cast<float*>(live[0].bytes.data())[0] += 1;  // the state moves on
+      if (step % 4 != 0) continue;
+      const Clock::time_point start = Clock::now();
+      if (async) {
+        saver.Submit(Manifest(step), Views(live), 2);
+      } else {
+        Check((*store)->Save(Manifest(step), Views(live), 2).status(), "save");
+      }
+      stall[async] += Since(start);
+      ++checkpoints;
+    }
+    saver.Wait();
+    for (const AsyncSaver::Finished& f : saver.TakeFinished()) {
+      Check(f.manifest.status(), "async save");
+    }
+  }
+
+  // 3. Incremental: one tensor of the state changes between two checkpoints.
+  uint64_t full_written = 0;
+  uint64_t incremental_written = 0;
+  {
+    const std::string store_dir = dir + "/incremental";
+    auto store = CheckpointStore::Open(store_dir);
+    Check(store.status(), "open");
+    std::vector<StoredTensor> live = state;
+    uint64_t before = WriteBytes();
+    Check((*store)->Save(Manifest(1), Views(live), 0).status(), "save");
+    full_written = WriteBytes() - before;
+    reinterpret_cast<float*>(live[0].bytes.data())[7] += 1;
+    before = WriteBytes();
+    Check((*store)->Save(Manifest(2), Views(live), 0).status(), "save");
+    incremental_written = WriteBytes() - before;
+  }
+  std::filesystem::remove_all(dir);
+
+  std::printf("| measurement (%zu MiB state, median of %d) | tandem | baseline | ratio |\n", mib,
+              kRepeats);
+  std::printf("| --- | --- | --- | --- |\n");
+  std::printf("| save throughput vs raw write+fdatasync | %.0f MB/s | %.0f MB/s | %.2f |\n",
+              save_mbs, raw_write_mbs, save_mbs / raw_write_mbs);
+  std::printf("| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
+              "%.2f |\n",
+              restore_mbs, raw_read_mbs, restore_mbs / raw_read_mbs);
+  std::printf("| training stall per checkpoint, async vs sync | %.1f ms | %.1f ms | %.3f |\n",
+              1000 * stall[1] / checkpoints, 1000 * stall[0] / checkpoints, stall[1] / stall[0]);
+  std::printf("| bytes written, incremental (1 float changed) vs full | %.1f MB | %.1f MB | %.3f |\n",
+              incremental_written / 1e6, full_written / 1e6,
+              static_cast<double>(incremental_written) / full_written);
+  return 0;
+}
