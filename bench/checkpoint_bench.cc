@@ -223,13 +223,15 @@ int main(int argc, char** argv) {
   std::printf("| --- | --- | --- | --- |\n");
   std::printf("| save throughput vs raw write+fdatasync | %.0f MB/s | %.0f MB/s | %.2f |\n",
               save_mbs, raw_write_mbs, save_mbs / raw_write_mbs);
-  std::printf("| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
-              "%.2f |\n",
-              restore_mbs, raw_read_mbs, restore_mbs / raw_read_mbs);
+  std::printf(
+      "| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
+      "%.2f |\n",
+      restore_mbs, raw_read_mbs, restore_mbs / raw_read_mbs);
   std::printf("| training stall per checkpoint, async vs sync | %.1f ms | %.1f ms | %.3f |\n",
               1000 * stall[1] / checkpoints, 1000 * stall[0] / checkpoints, stall[1] / stall[0]);
-  std::printf("| bytes written, incremental (1 float changed) vs full | %.1f MB | %.1f MB | %.3f |\n",
-              incremental_written / 1e6, full_written / 1e6,
-              static_cast<double>(incremental_written) / full_written);
+  std::printf(
+      "| bytes written, incremental (1 float changed) vs full | %.1f MB | %.1f MB | %.3f |\n",
+      incremental_written / 1e6, full_written / 1e6,
+      static_cast<double>(incremental_written) / full_written);
   return 0;
 }

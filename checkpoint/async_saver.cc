@@ -36,9 +36,8 @@ void AsyncSaver::Submit(v1::CheckpointManifest manifest, const std::vector<Tenso
 void AsyncSaver::Wait() {
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
-      +[](AsyncSaver* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-        return !s->busy_ && !s->pending_.has_value();
-      },
+      +[](AsyncSaver* s)
+           ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) { return !s->busy_ && !s->pending_.has_value(); },
       this));
 }
 

@@ -3,11 +3,11 @@
 //
 // At most one save is in flight: Submit waits for the previous save to finish,
 // then copies the state into staging buffers that the saver keeps from one
-// save to the next (so later copies touch no fresh pages) and returns. A save that fails leaves the store's
-// previous checkpoint valid (the store commits atomically) and is reported
-// through TakeFinished; it never stops the caller. Submit, Wait and
-// TakeFinished are called from one thread (the training loop); the destructor
-// waits for the save in flight. The store must outlive the saver.
+// save to the next (so later copies touch no fresh pages) and returns. A save that fails leaves the
+// store's previous checkpoint valid (the store commits atomically) and is reported through
+// TakeFinished; it never stops the caller. Submit, Wait and TakeFinished are called from one thread
+// (the training loop); the destructor waits for the save in flight. The store must outlive the
+// saver.
 #ifndef TANDEM_CHECKPOINT_ASYNC_SAVER_H_
 #define TANDEM_CHECKPOINT_ASYNC_SAVER_H_
 

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string_view>
 #include <system_error>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -221,6 +222,7 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(
 
   rocksdb::DBOptions db_options;
   db_options.keep_log_file_num = 5;
+  if (options.env != nullptr) db_options.env = options.env.get();
   std::vector<std::string> cf_names;
   if (has_db) {
     rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, dir, &cf_names);
@@ -467,7 +469,10 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   for (const Chunk& c : chunks) {
     rocksdb::PinnableSlice value;
     rocksdb::Status s = db_->Get(read, chunks_cf(), c.key, &value);
-    if (s.IsNotFound()) {
+    // A stored chunk that is unreadable or whose bytes differ from the ones
+    // that hash to its key is damaged; writing it again repairs it for every
+    // checkpoint that shares it, instead of this one inheriting the damage.
+    if (s.IsNotFound() || s.IsCorruption() || (s.ok() && value != c.bytes)) {
       batch.Put(chunks_cf(), c.key, c.bytes);
     } else if (!s.ok()) {
       return FromRocks(s, dir_, "checking which chunks are already stored");
@@ -476,14 +481,24 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   batch.Put(manifests_cf(), ManifestKey(job, step), manifest_bytes);
   batch.Put(default_cf(), LatestKey(job), absl::StrCat(step));
 
+  TANDEM_RETURN_IF_ERROR(
+      Commit(&batch, absl::StrFormat("committing checkpoint of job %s step %d", job, step)));
+  return manifest;
+}
+
+absl::Status CheckpointStore::Commit(rocksdb::WriteBatch* batch, const std::string& what) {
+  absl::MutexLock lock(&commit_mu_);
+  if (!write_failure_.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": checkpoint store ", dir_, " takes no more writes after one failed (",
+                     write_failure_.message(),
+                     "); reopen the store, which keeps every checkpoint committed before"));
+  }
   rocksdb::WriteOptions write;
   write.sync = true;
-  rocksdb::Status s = db_->Write(write, &batch);
-  if (!s.ok()) {
-    return FromRocks(s, dir_,
-                     absl::StrFormat("committing checkpoint of job %s step %d", job, step));
-  }
-  return manifest;
+  absl::Status status = FromRocks(db_->Write(write, batch), dir_, what);
+  if (!status.ok()) write_failure_ = status;
+  return status;
 }
 
 absl::StatusOr<uint64_t> CheckpointStore::ReadLatest(const rocksdb::Snapshot* snapshot,
@@ -565,40 +580,49 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::ReadManifest(
   return manifest;
 }
 
-absl::StatusOr<Checkpoint> CheckpointStore::Load(const std::string& job,
-                                                 std::optional<uint64_t> step) const {
-  TANDEM_RETURN_IF_ERROR(CheckJob(job));
-  rocksdb::ManagedSnapshot snapshot(db_.get());
-  absl::StatusOr<v1::CheckpointManifest> manifest = ReadManifest(snapshot.snapshot(), job, step);
-  if (!manifest.ok()) return manifest.status();
+struct CheckpointStore::IntactChunks {
+  std::unordered_map<std::string, uint64_t> sizes;
+};
 
+absl::Status CheckpointStore::ReadChunks(const rocksdb::Snapshot* snapshot,
+                                         const v1::CheckpointManifest& manifest,
+                                         std::vector<StoredTensor>* tensors,
+                                         IntactChunks* intact) const {
   rocksdb::ReadOptions read;
-  read.snapshot = snapshot.snapshot();
+  read.snapshot = snapshot;
   read.verify_checksums = true;
-  Checkpoint checkpoint;
-  checkpoint.tensors.reserve(manifest->tensors_size());
-  for (const v1::TensorRecord& record : manifest->tensors()) {
+  if (tensors != nullptr) tensors->reserve(tensors->size() + manifest.tensors_size());
+  for (const v1::TensorRecord& record : manifest.tensors()) {
     StoredTensor tensor;
-    tensor.name = record.name();
-    tensor.dtype = record.dtype();
-    tensor.shape.assign(record.shape().begin(), record.shape().end());
-    uint64_t bytes = 0;
-    for (const v1::ChunkRef& ref : record.chunks()) bytes += ref.size();
-    tensor.bytes.reserve(bytes);
+    if (tensors != nullptr) {
+      tensor.name = record.name();
+      tensor.dtype = record.dtype();
+      tensor.shape.assign(record.shape().begin(), record.shape().end());
+      uint64_t bytes = 0;
+      for (const v1::ChunkRef& ref : record.chunks()) bytes += ref.size();
+      tensor.bytes.reserve(bytes);
+    }
     for (int i = 0; i < record.chunks_size(); ++i) {
       const v1::ChunkRef& ref = record.chunks(i);
       auto damaged = [&](absl::string_view what) {
         return absl::DataLossError(absl::StrFormat(
             "checkpoint of job %s at step %d in %s is damaged: tensor %s, chunk %d of %d (%s) %s",
-            job, manifest->step(), dir_, record.name(), i + 1, record.chunks_size(),
+            manifest.job(), manifest.step(), dir_, record.name(), i + 1, record.chunks_size(),
             HashPrefix(ref.sha256()), what));
       };
       if (ref.sha256().size() != std::tuple_size<Sha256Digest>::value) {
         return damaged("has a malformed hash in the manifest");
       }
+      if (intact != nullptr) {
+        auto it = intact->sizes.find(ref.sha256());
+        if (it != intact->sizes.end() && it->second == ref.size()) continue;
+      }
       rocksdb::PinnableSlice value;
       rocksdb::Status s = db_->Get(read, chunks_cf(), ref.sha256(), &value);
       if (s.IsNotFound()) return damaged("is missing");
+      if (s.IsCorruption()) {
+        return damaged(absl::StrCat("cannot be read: ", s.ToString()));
+      }
       TANDEM_RETURN_IF_ERROR(FromRocks(s, dir_,
                                        absl::StrFormat("reading chunk %s of tensor %s",
                                                        HashPrefix(ref.sha256()), record.name())));
@@ -612,12 +636,136 @@ absl::StatusOr<Checkpoint> CheckpointStore::Load(const std::string& job,
         return damaged(absl::StrCat("fails its SHA-256 check (its bytes hash to ",
                                     ToHex(digest.data(), 6), "...)"));
       }
-      tensor.bytes.append(value.data(), value.size());
+      if (tensors != nullptr) tensor.bytes.append(value.data(), value.size());
+      if (intact != nullptr) intact->sizes.emplace(ref.sha256(), ref.size());
     }
-    checkpoint.tensors.push_back(std::move(tensor));
+    if (tensors != nullptr) tensors->push_back(std::move(tensor));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Checkpoint> CheckpointStore::LoadUnder(const rocksdb::Snapshot* snapshot,
+                                                      const std::string& job,
+                                                      std::optional<uint64_t> step) const {
+  absl::StatusOr<v1::CheckpointManifest> manifest = ReadManifest(snapshot, job, step);
+  if (!manifest.ok()) return manifest.status();
+  Checkpoint checkpoint;
+  TANDEM_RETURN_IF_ERROR(ReadChunks(snapshot, *manifest, &checkpoint.tensors, nullptr));
   checkpoint.manifest = *std::move(manifest);
   return checkpoint;
+}
+
+absl::StatusOr<Checkpoint> CheckpointStore::Load(const std::string& job,
+                                                 std::optional<uint64_t> step) const {
+  TANDEM_RETURN_IF_ERROR(CheckJob(job));
+  rocksdb::ManagedSnapshot snapshot(db_.get());
+  return LoadUnder(snapshot.snapshot(), job, step);
+}
+
+absl::Status CheckpointStore::Verify(const std::string& job, uint64_t step) const {
+  TANDEM_RETURN_IF_ERROR(CheckJob(job));
+  rocksdb::ManagedSnapshot snapshot(db_.get());
+  absl::StatusOr<v1::CheckpointManifest> manifest = ReadManifest(snapshot.snapshot(), job, step);
+  if (!manifest.ok()) return manifest.status();
+  IntactChunks intact;  // a chunk used twice (e.g. zeros) is read once
+  return ReadChunks(snapshot.snapshot(), *manifest, /*tensors=*/nullptr, &intact);
+}
+
+absl::StatusOr<std::vector<CheckpointStore::VerifyReport>> CheckpointStore::VerifyAll(
+    const std::string& job) const {
+  if (!job.empty()) TANDEM_RETURN_IF_ERROR(CheckJob(job));
+  rocksdb::ManagedSnapshot snapshot(db_.get());
+  rocksdb::ReadOptions read;
+  read.snapshot = snapshot.snapshot();
+
+  // job -> the step `latest` points at, and whether a manifest was seen there.
+  std::map<std::string, std::pair<uint64_t, bool>> latest;
+  {
+    const std::string prefix = job.empty() ? std::string(kLatestPrefix) : LatestKey(job);
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, default_cf()));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      const std::string key_job = it->key().ToString().substr(sizeof(kLatestPrefix) - 1);
+      if (!job.empty() && key_job != job) continue;
+      absl::StatusOr<uint64_t> step = ReadLatest(snapshot.snapshot(), key_job);
+      if (!step.ok()) return step.status();
+      latest[key_job] = {*step, false};
+    }
+    TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "listing the latest checkpoints"));
+  }
+
+  // Chunks shared by several checkpoints (frozen layers) are read once.
+  IntactChunks intact;
+  std::vector<VerifyReport> reports;
+  const std::string prefix = job.empty() ? std::string() : ManifestPrefix(job);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, manifests_cf()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    VerifyReport& report = reports.emplace_back();
+    if (!ParseManifestKey(it->key(), &report.job, &report.step)) {
+      return absl::DataLossError(absl::StrCat("checkpoint store ", dir_, ": manifest key \"",
+                                              absl::CHexEscape(it->key().ToString()),
+                                              "\" is damaged"));
+    }
+    auto l = latest.find(report.job);
+    if (l != latest.end() && l->second.first == report.step) {
+      report.latest = true;
+      l->second.second = true;
+    }
+    absl::StatusOr<v1::CheckpointManifest> manifest =
+        ReadManifest(snapshot.snapshot(), report.job, report.step);
+    report.status = manifest.ok()
+                        ? ReadChunks(snapshot.snapshot(), *manifest, /*tensors=*/nullptr, &intact)
+                        : manifest.status();
+  }
+  TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "listing checkpoints"));
+  for (const auto& [latest_job, step_seen] : latest) {
+    if (step_seen.second) continue;
+    VerifyReport& report = reports.emplace_back();
+    report.job = latest_job;
+    report.step = step_seen.first;
+    report.latest = true;
+    report.status = ReadManifest(snapshot.snapshot(), latest_job, std::nullopt).status();
+  }
+  std::sort(reports.begin(), reports.end(), [](const VerifyReport& a, const VerifyReport& b) {
+    if (a.job != b.job) return a.job < b.job;
+    return a.step < b.step;
+  });
+  return reports;
+}
+
+absl::StatusOr<Checkpoint> CheckpointStore::LoadLatestValid(
+    const std::string& job, std::vector<std::string>* warnings) const {
+  TANDEM_RETURN_IF_ERROR(CheckJob(job));
+  rocksdb::ManagedSnapshot snapshot(db_.get());
+  absl::StatusOr<Checkpoint> latest = LoadUnder(snapshot.snapshot(), job, std::nullopt);
+  if (latest.ok() || !absl::IsDataLoss(latest.status())) return latest;
+
+  absl::StatusOr<std::vector<uint64_t>> steps = ReadSteps(snapshot.snapshot(), job);
+  if (!steps.ok()) return steps.status();
+  // An unreadable `latest` pointer leaves every step a candidate.
+  absl::StatusOr<uint64_t> latest_step = ReadLatest(snapshot.snapshot(), job);
+  std::vector<uint64_t> candidates;
+  for (auto s = steps->rbegin(); s != steps->rend(); ++s) {
+    if (!latest_step.ok() || *s < *latest_step) candidates.push_back(*s);
+  }
+  const std::string latest_name =
+      latest_step.ok() ? absl::StrFormat("checkpoint of job %s at step %d", job, *latest_step)
+                       : absl::StrFormat("latest checkpoint of job %s", job);
+  std::vector<std::string> failures = {absl::StrCat(latest_name, ": ", latest.status().message())};
+  std::string skipped = latest_name;
+  absl::Status skipped_status = latest.status();
+  for (uint64_t step : candidates) {
+    if (warnings != nullptr) {
+      warnings->push_back(absl::StrFormat("%s is corrupt (%s); falling back to step %d", skipped,
+                                          skipped_status.message(), step));
+    }
+    absl::StatusOr<Checkpoint> older = LoadUnder(snapshot.snapshot(), job, step);
+    if (older.ok() || !absl::IsDataLoss(older.status())) return older;
+    skipped = absl::StrFormat("checkpoint of job %s at step %d", job, step);
+    skipped_status = older.status();
+    failures.push_back(absl::StrCat("step ", step, ": ", older.status().message()));
+  }
+  return absl::DataLossError(absl::StrFormat("no intact checkpoint of job %s in %s; tried %s", job,
+                                             dir_, absl::StrJoin(failures, "; ")));
 }
 
 absl::StatusOr<v1::CheckpointManifest> CheckpointStore::LoadManifest(

@@ -10,7 +10,9 @@
 //
 // One process opens a store for writing at a time (RocksDB's lock); a second
 // Open fails with a message that says the store is locked. Methods are
-// thread-safe. Every tensor chunk's SHA-256 is verified on Load.
+// thread-safe. Every tensor chunk's SHA-256 is verified on Load (and Verify,
+// LoadLatestValid). After a write fails (e.g. the disk is full) the store
+// takes no more writes until reopened; reads go on.
 #ifndef TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 #define TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 
@@ -28,7 +30,9 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class Env;
 class Snapshot;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace tandem {
@@ -59,6 +63,11 @@ struct CheckpointStoreOptions {
   size_t chunk_bytes = 4 << 20;  // tensors are cut into chunks of this size
   bool create_if_missing = true;
   bool read_only = false;
+  // The RocksDB Env the database does its file I/O through; nullptr = the
+  // default Env. For tests and tools, e.g. one that wraps the default
+  // FileSystem to inject faults. It must see the same files as the local file
+  // system (Open also inspects `dir` directly); the store keeps it alive.
+  std::shared_ptr<rocksdb::Env> env;
 };
 
 class CheckpointStore {
@@ -84,7 +93,9 @@ class CheckpointStore {
   // retention deletes commit in the same synced WriteBatch as the checkpoint.
   // InvalidArgument for an empty job, a job containing '/', or a tensor without
   // a name, with a duplicate name, or with bytes but no data;
-  // FailedPrecondition on a read-only store.
+  // FailedPrecondition on a read-only store or once a write has failed;
+  // ResourceExhausted if the disk is full. A stored chunk whose bytes are
+  // damaged is written again when a checkpoint uses it, which repairs it.
   absl::StatusOr<v1::CheckpointManifest> Save(v1::CheckpointManifest manifest,
                                               const std::vector<TensorView>& tensors,
                                               uint32_t keep);
@@ -94,6 +105,34 @@ class CheckpointStore {
   // tensor and chunk if a chunk is missing or corrupt.
   absl::StatusOr<Checkpoint> Load(const std::string& job,
                                   std::optional<uint64_t> step = std::nullopt) const;
+
+  // Reads every chunk of the checkpoint of `job` at `step` and checks its size
+  // and SHA-256 as Load does, without keeping the bytes. NotFound for a missing
+  // job or step; DataLoss naming the job, step, tensor and chunk that is
+  // missing or corrupt (or the manifest, if that is damaged).
+  absl::Status Verify(const std::string& job, uint64_t step) const;
+
+  struct VerifyReport {
+    std::string job;
+    uint64_t step = 0;
+    bool latest = false;  // `latest` of the job points at this step
+    absl::Status status;  // what Verify(job, step) returns
+  };
+  // Verifies every checkpoint of `job` (of every job when empty), one report
+  // per checkpoint sorted by job then step, all as of one moment. A `latest`
+  // pointer whose manifest is missing gets a report with DataLoss too. The
+  // call itself fails only if the store cannot be listed (as List fails).
+  absl::StatusOr<std::vector<VerifyReport>> VerifyAll(const std::string& job = "") const;
+
+  // Loads the latest checkpoint of `job`. If it is damaged (DataLoss), tries
+  // the job's checkpoints at lower steps, highest first, and returns the first
+  // that verifies, appending to `warnings` (may be null) one sentence per
+  // checkpoint skipped. Steps above `latest` (left from before the job rolled
+  // back) are never used. NotFound if the job has no checkpoint; DataLoss
+  // listing every checkpoint tried if none is intact; any other error (e.g. an
+  // I/O error) is returned as is, without falling back.
+  absl::StatusOr<Checkpoint> LoadLatestValid(const std::string& job,
+                                             std::vector<std::string>* warnings) const;
 
   // Reads only the manifest (no chunk verification).
   absl::StatusOr<v1::CheckpointManifest> LoadManifest(
@@ -110,6 +149,44 @@ class CheckpointStore {
   absl::StatusOr<uint64_t> CountChunks() const;
 
   const std::string& dir() const { return dir_; }
+
+  // Replication: the primitives CheckpointReplication (checkpoint/replication.h)
+  // moves a checkpoint between stores with, sending only the chunks the
+  // receiver lacks. Chunk keys are 32-byte SHA-256 digests; InvalidArgument for
+  // any other length.
+
+  // The subset of `sha256s` this store lacks, in the given order, without
+  // duplicates. A stored chunk that is unreadable or fails its SHA-256 counts
+  // as missing, so that the sender's copy replaces it. Reads (and hashes) every
+  // present chunk.
+  absl::StatusOr<std::vector<std::string>> MissingChunks(
+      const std::vector<std::string>& sha256s) const;
+
+  // The bytes of one chunk, verified. NotFound if absent; DataLoss if they fail
+  // their SHA-256.
+  absl::StatusOr<std::string> ReadChunk(const std::string& sha256) const;
+
+  // Stores (sha256, bytes) pairs in one synced WriteBatch after checking that
+  // each one's bytes hash to its key; InvalidArgument naming the first that
+  // does not, and then nothing is written. Chunks no committed manifest
+  // references yet (a push cut short) stay until a later CommitManifest uses
+  // them; garbage collection only drops chunks of dropped checkpoints.
+  // FailedPrecondition on a read-only store.
+  absl::Status WriteChunks(const std::vector<std::pair<std::string, std::string>>& chunks);
+
+  // Commits a manifest that another store's Save made, its chunks already
+  // written with WriteChunks: checks that every chunk it names is present with
+  // the recorded size and SHA-256 and that the tensors' bytes give its
+  // state_digest, then, in one synced WriteBatch, writes the manifest as given,
+  // moves the job's `latest` to it and applies Save's retention with `keep`
+  // (the committed checkpoint counts as the newest). Returns the manifest.
+  // FailedPrecondition naming the first missing chunk, or on a read-only store;
+  // DataLoss for a chunk of the wrong size or hash, or a state digest that does
+  // not match; InvalidArgument for a malformed manifest (bad job name, empty or
+  // duplicate tensor names, malformed hashes, total_bytes that disagrees with
+  // the chunk sizes, unknown format_version).
+  absl::StatusOr<v1::CheckpointManifest> CommitManifest(const v1::CheckpointManifest& manifest,
+                                                        uint32_t keep);
 
  private:
   CheckpointStore(std::string dir, CheckpointStoreOptions options);
@@ -128,6 +205,22 @@ class CheckpointStore {
   // The steps of `job` present under `snapshot`, ascending.
   absl::StatusOr<std::vector<uint64_t>> ReadSteps(const rocksdb::Snapshot* snapshot,
                                                   const std::string& job) const;
+  // Chunks (hash -> size) found intact under one snapshot; defined in the .cc.
+  struct IntactChunks;
+  // Reads every chunk `manifest` references under `snapshot`, checking size
+  // and SHA-256; appends the tensors to `tensors` unless it is null. Chunks in
+  // `intact` (may be null; only when `tensors` is null) are not read again,
+  // and the ones found intact are added to it.
+  absl::Status ReadChunks(const rocksdb::Snapshot* snapshot, const v1::CheckpointManifest& manifest,
+                          std::vector<StoredTensor>* tensors, IntactChunks* intact) const;
+  absl::StatusOr<Checkpoint> LoadUnder(const rocksdb::Snapshot* snapshot, const std::string& job,
+                                       std::optional<uint64_t> step) const;
+  // Writes `batch`, synced; `what` names it in errors. Every write to db_
+  // after Open goes through here: once one fails, RocksDB's WAL writer must
+  // not be written again (RocksDB 7.8 asserts after ENOSPC, or repeats the old
+  // error), so every later call fails with FailedPrecondition saying to reopen
+  // the store. Reads keep working.
+  absl::Status Commit(rocksdb::WriteBatch* batch, const std::string& what);
 
   std::string dir_;
   CheckpointStoreOptions options_;
@@ -139,6 +232,9 @@ class CheckpointStore {
   // reference them, then commits; a concurrent Save's garbage collection must
   // not delete a chunk this one decided it need not write.
   absl::Mutex save_mu_;
+  // Held across each write in Commit, so that none starts after one failed.
+  absl::Mutex commit_mu_;
+  absl::Status write_failure_ ABSL_GUARDED_BY(commit_mu_);
 };
 
 }  // namespace tandem

@@ -44,10 +44,13 @@ int CheckpointsCommand(const std::vector<std::string>& args) {
   std::string job;
   std::string output;
   po::options_description flags(kCheckpointsUsage);
-  flags.add_options()("help,h", "show this help")(
-      "store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")(
-      "job", po::value(&job), "only this job's checkpoints")(
-      "output", po::value(&output)->default_value("text"), "text or json");
+  // clang-format off
+  flags.add_options()
+      ("help,h", "show this help")
+      ("store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")
+      ("job", po::value(&job), "only this job's checkpoints")
+      ("output", po::value(&output)->default_value("text"), "text or json");
+  // clang-format on
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(flags).run(), vm);

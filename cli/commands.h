@@ -14,6 +14,10 @@ inline constexpr int kExitUsage = 2;   // bad flags, bad values, bad spec
 
 int TrainCommand(const std::vector<std::string>& args);
 int CheckpointsCommand(const std::vector<std::string>& args);
+int ExportCommand(const std::vector<std::string>& args);
+int CertsCommand(const std::vector<std::string>& args);
+int ServeStoreCommand(const std::vector<std::string>& args);
+int ReplicateCommand(const std::vector<std::string>& args);
 // `tandem worker`: one rank of a pool, started by mpirun, not by users.
 int WorkerCommand(int argc, char** argv);
 

@@ -17,6 +17,10 @@ Commands:
   train SPEC        run a job's pools on this machine (mpirun per pool) and
                     print its result
   checkpoints       list the checkpoints in a store
+  export            write a checkpoint's model as a PyTorch state_dict file
+  replicate         copy a checkpoint to another cloud's store (only missing chunks)
+  serve-store       serve a store to peers that replicate into it
+  certs init [DIR]  make the CA and certificates for mutual TLS
 
 Run `tandem COMMAND --help` for a command's options.
 
@@ -40,6 +44,10 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "train") return tandem::cli::TrainCommand(args);
   if (command == "checkpoints") return tandem::cli::CheckpointsCommand(args);
+  if (command == "export") return tandem::cli::ExportCommand(args);
+  if (command == "replicate") return tandem::cli::ReplicateCommand(args);
+  if (command == "serve-store") return tandem::cli::ServeStoreCommand(args);
+  if (command == "certs") return tandem::cli::CertsCommand(args);
   std::cerr << "tandem: unknown command '" << command
             << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;

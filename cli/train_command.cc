@@ -46,17 +46,25 @@ int TrainCommand(const std::vector<std::string>& args) {
   std::string store_dir;
   std::string output;
   bool resume = false;
+  std::string init_file;
   uint64_t max_steps = 0;
   po::options_description flags(kTrainUsage);
-  flags.add_options()("help,h", "show this help")(
-      "store", po::value(&store_dir)->default_value(DefaultStoreDir()),
-      "checkpoint store folder (created if missing)")(
-      "resume", po::bool_switch(&resume), "continue from the job's latest checkpoint in the store")(
-      "max-steps", po::value(&max_steps)->default_value(0),
-      "stop after N steps in all (0 = as the spec says)")(
-      "output", po::value(&output)->default_value("text"),
-      "text, or json: the last line of stdout is one JSON object with steps, epochs, "
-      "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
+  // clang-format off
+  flags.add_options()
+      ("help,h", "show this help")
+      ("store", po::value(&store_dir)->default_value(DefaultStoreDir()),
+       "checkpoint store folder (created if missing)")
+      ("resume", po::bool_switch(&resume),
+       "continue from the job's latest checkpoint in the store")
+      ("init", po::value(&init_file)->value_name("FILE"),
+       "start from the parameters in FILE, a PyTorch state_dict (parameter name -> tensor) "
+       "as `tandem export` or Python's torch.save(model.state_dict()) writes it")
+      ("max-steps", po::value(&max_steps)->default_value(0)->value_name("N"),
+       "stop after N steps in all (0 = as the spec says)")
+      ("output", po::value(&output)->default_value("text"),
+       "text, or json: the last line of stdout is one JSON object with steps, epochs, "
+       "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
+  // clang-format on
   po::options_description hidden;
   hidden.add_options()("spec", po::value(&spec_path));
   po::options_description all;
@@ -84,6 +92,11 @@ int TrainCommand(const std::vector<std::string>& args) {
     std::cerr << "tandem train: --output must be text or json, got '" << output << "'\n";
     return kExitUsage;
   }
+  if (resume && !init_file.empty()) {
+    std::cerr << "tandem train: --init and --resume exclude each other: a resumed job "
+                 "continues from its checkpoint\n";
+    return kExitUsage;
+  }
   absl::StatusOr<v1::JobSpec> spec = LoadJobSpec(spec_path);
   if (!spec.ok()) {
     std::cerr << "tandem train: " << spec.status().message() << "\n";
@@ -94,6 +107,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   options.spec_path = std::filesystem::absolute(spec_path).string();
   options.store_dir = std::filesystem::absolute(store_dir).string();
   options.resume = resume;
+  if (!init_file.empty()) options.init_file = std::filesystem::absolute(init_file).string();
   options.max_steps = max_steps;
   options.tandem_binary = SelfExecutable();
   std::error_code error;
@@ -124,6 +138,7 @@ int TrainCommand(const std::vector<std::string>& args) {
                         {"wall_s", result->wall_s},
                         {"state_digest", result->state_digest},
                         {"store", options.store_dir}};
+    if (!result->init_digest.empty()) j["init_digest"] = result->init_digest;
     std::cout << j.dump() << std::endl;
   } else {
     std::cout << absl::StrFormat(

@@ -15,10 +15,14 @@ namespace po = boost::program_options;
 int WorkerCommand(int argc, char** argv) {
   WorkerOptions options;
   po::options_description flags("tandem worker (started by mpirun; not for direct use)");
-  flags.add_options()("spec", po::value(&options.spec_path)->required(), "job spec file")(
-      "store", po::value(&options.store_dir)->required(), "checkpoint store folder")(
-      "resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")(
-      "max-steps", po::value(&options.max_steps), "override train.max_steps");
+  // clang-format off
+  flags.add_options()
+      ("spec", po::value(&options.spec_path)->required(), "job spec file")
+      ("store", po::value(&options.store_dir)->required(), "checkpoint store folder")
+      ("resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")
+      ("init", po::value(&options.init_file), "start from this PyTorch state_dict file")
+      ("max-steps", po::value(&options.max_steps), "override train.max_steps");
+  // clang-format on
   try {
     po::variables_map vm;
     po::store(po::parse_command_line(argc, argv, flags), vm);

@@ -44,6 +44,7 @@ std::optional<WorkerEvent> ParseWorkerEvent(const std::string& line) {
   p.set_test_loss(Field<double>(j, "test_loss", -1));
   p.set_state_digest(Field<std::string>(j, "state_digest", ""));
   event.epochs = Field<double>(j, "epochs", 0);
+  event.init_digest = Field<std::string>(j, "init_digest", "");
   if (event.kind == "start") p.set_step(Field<uint64_t>(j, "start_step", 0));
   return event;
 }
@@ -81,6 +82,10 @@ absl::StatusOr<TrainResult> RunLocalTraining(
   std::vector<std::string> worker = {options.tandem_binary, "worker",  "--spec",
                                      options.spec_path,     "--store", options.store_dir};
   if (options.resume) worker.push_back("--resume");
+  if (!options.init_file.empty()) {
+    worker.push_back("--init");
+    worker.push_back(options.init_file);
+  }
   if (options.max_steps != 0) {
     worker.push_back("--max-steps");
     worker.push_back(std::to_string(options.max_steps));
@@ -91,6 +96,7 @@ absl::StatusOr<TrainResult> RunLocalTraining(
 
   std::optional<TrainResult> result;
   std::string error;
+  std::string init_digest;
   while (std::optional<std::string> line = (*group)->ReadLine()) {
     std::optional<WorkerEvent> event = ParseWorkerEvent(*line);
     if (!event.has_value()) {
@@ -99,11 +105,19 @@ absl::StatusOr<TrainResult> RunLocalTraining(
     }
     on_event(*event);
     if (event->kind == "error") error = event->message;
+    if (event->kind == "start") init_digest = event->init_digest;
     if (event->kind == "done") {
       const v1::TrainingProgress& p = event->progress;
-      result = TrainResult{p.step(),          event->epochs, p.global_cursor(), p.loss(),
-                           p.test_accuracy(), p.test_loss(), p.samples_per_s(), 0,
-                           p.state_digest()};
+      result = TrainResult{};
+      result->steps = p.step();
+      result->epochs = event->epochs;
+      result->cursor = p.global_cursor();
+      result->loss = p.loss();
+      result->test_accuracy = p.test_accuracy();
+      result->test_loss = p.test_loss();
+      result->samples_per_s = p.samples_per_s();
+      result->state_digest = p.state_digest();
+      result->init_digest = init_digest;
     }
   }
   absl::StatusOr<int> exit_code = (*group)->Wait();

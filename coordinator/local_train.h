@@ -19,6 +19,7 @@ struct LocalTrainOptions {
   std::string spec_path;      // the job spec the workers read
   std::string store_dir;      // the pool's checkpoint store
   bool resume = false;        // continue from the latest checkpoint
+  std::string init_file;      // start from this PyTorch state_dict file
   uint64_t max_steps = 0;     // overrides train.max_steps when non-zero
   std::string tandem_binary;  // the executable mpirun starts as `tandem worker`
 };
@@ -29,6 +30,7 @@ struct WorkerEvent {
   v1::TrainingProgress progress;  // the fields the event carries; others zero
   std::string message;            // warning and error events
   double epochs = 0;              // done: samples consumed / dataset size
+  std::string init_digest;        // start: digest of the --init parameters
 };
 
 struct TrainResult {
@@ -41,6 +43,7 @@ struct TrainResult {
   double samples_per_s = 0;
   double wall_s = 0;
   std::string state_digest;
+  std::string init_digest;  // of the --init parameters, if any
 };
 
 // Parses one line of a worker's stdout; nullopt if it is not an event.

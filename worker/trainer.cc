@@ -10,9 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "checkpoint/async_saver.h"
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
+#include "checkpoint/torch_file.h"
 #include "worker/fashion_mnist.h"
 #include "worker/job_spec.h"
 #include "worker/models.h"
@@ -181,6 +183,8 @@ class Trainer {
 
   at::Tensor Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const;
   absl::Status OpenStoreAndResume();
+  // Loads the model parameters from a PyTorch state_dict file (--init).
+  absl::Status LoadInitFile();
   absl::Status BroadcastState();
   // Rank 0: hands the state of this step to the store, on the saver's
   // thread when checkpoint.async is set. Failures become warnings.
@@ -208,6 +212,7 @@ class Trainer {
   uint64_t cursor_ = 0;
   uint64_t last_saved_step_ = UINT64_MAX;
   bool resumed_ = false;
+  std::string init_digest_;  // of the --init parameters, named as in the file
 };
 
 at::Tensor Trainer::Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const {
@@ -286,6 +291,43 @@ absl::Status Trainer::OpenStoreAndResume() {
   resumed_ = resumed != 0;
   if (!resumed_) return absl::OkStatus();
   return BroadcastState();
+}
+
+absl::Status Trainer::LoadInitFile() {
+  // Every rank reads the file: it is local, small next to the dataset, and
+  // this needs no collective.
+  absl::StatusOr<std::vector<StoredTensor>> file = ReadStateDict(options_.init_file);
+  if (!file.ok()) return file.status();
+  std::map<std::string, const StoredTensor*> by_name;
+  for (const StoredTensor& t : *file) by_name[t.name] = &t;
+  std::vector<TensorView> loaded;
+  for (const FlatModel::Slot& slot : model_.slots) {
+    auto it = by_name.find(slot.name);
+    if (it == by_name.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s has no tensor %s, which the %s model needs", options_.init_file,
+                          slot.name, ModelArchName(spec_.model().arch())));
+    }
+    const StoredTensor& t = *it->second;
+    if (t.dtype != v1::DTYPE_FLOAT32 || t.shape != slot.shape) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: %s is %s [%s], the %s model's is float32 [%s]", options_.init_file, slot.name,
+          t.dtype == v1::DTYPE_FLOAT32 ? "float32" : "not float32", absl::StrJoin(t.shape, ", "),
+          ModelArchName(spec_.model().arch()), absl::StrJoin(slot.shape, ", ")));
+    }
+    std::memcpy(model_.params.data_ptr<float>() + slot.offset, t.bytes.data(), t.bytes.size());
+    loaded.push_back({slot.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+    by_name.erase(it);
+  }
+  if (!by_name.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s has tensors the %s model does not: %s", options_.init_file,
+        ModelArchName(spec_.model().arch()),
+        absl::StrJoin(by_name, ", ",
+                      [](std::string* out, const auto& entry) { out->append(entry.first); })));
+  }
+  init_digest_ = StateDigest(loaded);
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::BroadcastState() {
@@ -427,6 +469,10 @@ absl::Status Trainer::Run() {
   if (!model.ok()) return model.status();
   model_ = std::move(*model);
   optimizer_ = MakeOptimizer(train, model_.numel);
+  if (!options_.init_file.empty()) {
+    absl::Status init = LoadInitFile();
+    if (!init.ok()) return init;
+  }
 
   absl::Status status = OpenStoreAndResume();
   if (!status.ok()) return status;
@@ -437,7 +483,8 @@ absl::Status Trainer::Run() {
         {"start_step", step_},
         {"ranks", comm_.size()},
         {"parameters", model_.numel},
-        {"resumed", resumed_}});
+        {"resumed", resumed_},
+        {"init_digest", init_digest_}});
 
   double last_loss = 0;
   double train_seconds = 0;

@@ -22,6 +22,9 @@ struct WorkerOptions {
   // Continue from the job's latest checkpoint in the store. Without it, a
   // store that already has checkpoints of the job is refused.
   bool resume = false;
+  // A PyTorch state_dict file (parameter name -> tensor) to start from
+  // instead of the seeded initialisation.
+  std::string init_file;
   // Overrides train.max_steps of the spec when non-zero.
   uint64_t max_steps = 0;
 };

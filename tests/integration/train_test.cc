@@ -231,5 +231,69 @@ TEST(TrainTest, MissingDatasetFailsWithTheFileName) {
   EXPECT_THAT(run.err, HasSubstr(dir.Join("nodata") + "/train-images-idx3-ubyte.gz"));
 }
 
+// Runs tests/integration/torch_interop.py with Debian's Python (which has
+// torch; the python3 first on PATH may not) and returns its JSON.
+Json RunPython(const std::vector<std::string>& args) {
+  std::string command =
+      "/usr/bin/python3 " + testing::SourceDir() + "/tests/integration/torch_interop.py";
+  for (const std::string& a : args) command += " '" + a + "'";
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  while (pipe != nullptr && fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
+  const int status = pipe == nullptr ? -1 : pclose(pipe);
+  EXPECT_EQ(status, 0) << "python3-torch is a dependency (infra/install-deps.sh):\n" << out;
+  Json j = Json::parse(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')),
+                       nullptr, false);
+  EXPECT_TRUE(j.is_object()) << out;
+  return j;
+}
+
+// tandem -> PyTorch -> tandem: an exported checkpoint loads into PyTorch's own
+// model with the same test accuracy, and a file PyTorch saves starts a job
+// with exactly those parameters.
+TEST(TrainTest, ExportLoadsInPyTorchAndPyTorchFilesInitAJob) {
+  for (const std::string arch : {"mlp", "cnn"}) {
+    SCOPED_TRACE(arch);
+    TempDir dir;
+    const std::string spec = dir.Write("spec.yaml", SpecYaml(arch, 2, 0));
+    const std::string job = "itest-" + arch;
+    Json trained = TrainJson({spec, "--store", dir.Join("s"), "--max-steps", "20"});
+    RunResult exported = RunTandem({"export", "--store", dir.Join("s"), "--job", job, "-o",
+                                    dir.Join("model.pt"), "--output", "json"});
+    ASSERT_EQ(exported.exit_code, 0) << exported.err;
+    const Json e = Json::parse(exported.LastLine());
+    EXPECT_EQ(e["step"], 20);
+
+    const Json py = RunPython({arch, dir.Join("model.pt"), dir.Join("resaved.pt"),
+                               dir.Join("fresh.pt"), "/usr/share/datasets/fashion-mnist"});
+    EXPECT_EQ(py["digest"], e["model_digest"]);
+    EXPECT_NEAR(py["accuracy"].get<double>(), trained["test_accuracy"].get<double>(), 2e-3);
+
+    Json resumed = TrainJson(
+        {spec, "--store", dir.Join("s2"), "--max-steps", "1", "--init", dir.Join("resaved.pt")});
+    EXPECT_EQ(resumed["init_digest"], e["model_digest"]);
+    Json fresh = TrainJson(
+        {spec, "--store", dir.Join("s3"), "--max-steps", "1", "--init", dir.Join("fresh.pt")});
+    EXPECT_EQ(fresh["init_digest"], py["fresh_digest"]);
+  }
+}
+
+TEST(TrainTest, InitFileOfAnotherModelIsRefused) {
+  TempDir dir;
+  const std::string mlp = dir.Write("mlp.yaml", SpecYaml("mlp", 1, 0));
+  const std::string cnn = dir.Write("cnn.yaml", SpecYaml("cnn", 1, 0));
+  TrainJson({mlp, "--store", dir.Join("s"), "--max-steps", "1"});
+  ASSERT_EQ(RunTandem({"export", "--store", dir.Join("s"), "--job", "itest-mlp", "-o",
+                       dir.Join("mlp.pt")})
+                .exit_code,
+            0);
+  RunResult run = RunTandem({"train", cnn, "--store", dir.Join("c"), "--init", dir.Join("mlp.pt")});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err, HasSubstr("has no tensor conv1.weight"));
+  RunResult both = RunTandem({"train", cnn, "--resume", "--init", dir.Join("mlp.pt")});
+  EXPECT_EQ(both.exit_code, 2);
+}
+
 }  // namespace
 }  // namespace tandem

@@ -23,10 +23,9 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
-std::string RequiredEnv(const char* name) {
+std::string EnvOr(const char* name, const char* fallback) {
   const char* value = std::getenv(name);
-  if (value == nullptr) throw std::runtime_error(std::string(name) + " is not set; run via ctest");
-  return value;
+  return value != nullptr ? value : fallback;
 }
 
 }  // namespace
@@ -38,13 +37,13 @@ std::string RunResult::LastLine() const {
   return newline == std::string::npos ? trimmed : trimmed.substr(newline + 1);
 }
 
-std::string SourceDir() { return RequiredEnv("TANDEM_SOURCE_DIR"); }
+std::string SourceDir() { return EnvOr("TANDEM_SOURCE_DIR", TANDEM_BUILT_SOURCE_DIR); }
 
 RunResult RunTandem(const std::vector<std::string>& args) {
   TempDir capture;
   const std::string out_path = capture.Join("stdout");
   const std::string err_path = capture.Join("stderr");
-  std::vector<std::string> argv = {RequiredEnv("TANDEM_BIN")};
+  std::vector<std::string> argv = {EnvOr("TANDEM_BIN", TANDEM_BUILT_BIN)};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> argp;
   for (std::string& a : argv) argp.push_back(a.data());

@@ -1,5 +1,6 @@
-// Test support: runs the real `tandem` binary (TANDEM_BIN, set by ctest) as a
-// child process and captures what it prints, plus temp folders that clean up.
+// Test support: runs the real `tandem` binary (the one this build made, or
+// $TANDEM_BIN) as a child process and captures what it prints, plus temp
+// folders that clean up.
 #ifndef TANDEM_TESTS_SUPPORT_RUN_TANDEM_H_
 #define TANDEM_TESTS_SUPPORT_RUN_TANDEM_H_
 
@@ -19,7 +20,7 @@ struct RunResult {
 // Runs TANDEM_BIN with `args`; stdout and stderr go to files, not a terminal.
 RunResult RunTandem(const std::vector<std::string>& args);
 
-// The source tree (TANDEM_SOURCE_DIR, set by ctest).
+// The source tree (the one this build came from, or $TANDEM_SOURCE_DIR).
 std::string SourceDir();
 
 // A fresh folder under /tmp, removed with everything in it on destruction.

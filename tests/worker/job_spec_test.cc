@@ -17,21 +17,11 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-// ctest sets TANDEM_SOURCE_DIR. Run by hand, the binary looks upward from its
-// working directory, which covers the source root and a build folder inside it
-// (build/, build/bin/, build/tests/worker/).
+// The source tree this test was built from (tests/CMakeLists.txt), or
+// $TANDEM_SOURCE_DIR.
 std::string ExamplePath(const std::string& file) {
-  if (const char* root = std::getenv("TANDEM_SOURCE_DIR"); root != nullptr) {
-    return absl::StrCat(root, "/examples/", file);
-  }
-  std::string up = ".";
-  for (int depth = 0; depth < 4; ++depth, up += "/..") {
-    const std::string dir = absl::StrCat(up, "/examples/");
-    if (std::ifstream(absl::StrCat(dir, "fashion-mnist-cnn.yaml")).good()) {
-      return absl::StrCat(dir, file);
-    }
-  }
-  return absl::StrCat("examples/", file);
+  const char* root = std::getenv("TANDEM_SOURCE_DIR");
+  return absl::StrCat(root != nullptr ? root : TANDEM_BUILT_SOURCE_DIR, "/examples/", file);
 }
 
 // The smallest valid spec; tests append the sections they exercise.
