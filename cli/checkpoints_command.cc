@@ -37,18 +37,57 @@ std::string HumanBytes(uint64_t bytes) {
   return absl::StrFormat("%d B", bytes);
 }
 
+int VerifyCheckpoints(const CheckpointStore& store, const std::string& store_dir,
+                      const std::string& job, bool json) {
+  absl::StatusOr<std::vector<CheckpointStore::VerifyReport>> reports = store.VerifyAll(job);
+  if (!reports.ok()) {
+    std::cerr << "tandem checkpoints: " << reports.status().message() << "\n";
+    return kExitFailed;
+  }
+  if (!job.empty() && reports->empty()) {
+    std::cerr << "tandem checkpoints: no checkpoints of job " << job << " in " << store_dir << "\n";
+    return kExitFailed;
+  }
+  bool latest_bad = false;
+  nlohmann::json rows = nlohmann::json::array();
+  for (const CheckpointStore::VerifyReport& r : *reports) {
+    latest_bad |= r.latest && !r.status.ok();
+    rows.push_back({{"job", r.job},
+                    {"step", r.step},
+                    {"latest", r.latest},
+                    {"ok", r.status.ok()},
+                    {"error", std::string(r.status.message())}});
+    if (!json) {
+      std::cout << absl::StrFormat(
+          "%-24s %8d  %s%s\n", r.job, r.step,
+          r.status.ok() ? "ok" : "DAMAGED: " + std::string(r.status.message()),
+          r.latest ? "  (latest)" : "");
+    }
+  }
+  if (json) {
+    std::cout << nlohmann::json{{"store", store_dir}, {"checkpoints", rows}}.dump() << std::endl;
+  }
+  if (latest_bad) {
+    std::cerr << "tandem checkpoints: the latest checkpoint of a job is damaged\n";
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int CheckpointsCommand(const std::vector<std::string>& args) {
   std::string store_dir;
   std::string job;
   std::string output;
+  bool verify = false;
   po::options_description flags(kCheckpointsUsage);
   // clang-format off
   flags.add_options()
       ("help,h", "show this help")
       ("store", po::value(&store_dir)->default_value(DefaultStoreDir()), "checkpoint store folder")
       ("job", po::value(&job), "only this job's checkpoints")
+      ("verify", po::bool_switch(&verify), "check every chunk of every checkpoint")
       ("output", po::value(&output)->default_value("text"), "text or json");
   // clang-format on
   po::variables_map vm;
@@ -77,6 +116,7 @@ int CheckpointsCommand(const std::vector<std::string>& args) {
     std::cerr << "tandem checkpoints: " << store.status().message() << "\n";
     return kExitFailed;
   }
+  if (verify) return VerifyCheckpoints(**store, store_dir, job, output == "json");
   absl::StatusOr<std::vector<v1::CheckpointInfo>> list = (*store)->List(job);
   if (!list.ok()) {
     std::cerr << "tandem checkpoints: " << list.status().message() << "\n";

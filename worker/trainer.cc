@@ -243,7 +243,11 @@ absl::Status Trainer::OpenStoreAndResume() {
             "continue from it, or use another --store",
             options_.store_dir, spec_.name(), *latest));
       } else if (latest.ok()) {
-        absl::StatusOr<Checkpoint> loaded = store_->Load(spec_.name());
+        std::vector<std::string> warnings;
+        absl::StatusOr<Checkpoint> loaded = store_->LoadLatestValid(spec_.name(), &warnings);
+        for (const std::string& warning : warnings) {
+          Emit({{"event", "warning"}, {"message", warning}});
+        }
         if (!loaded.ok()) {
           status = loaded.status();
         } else {

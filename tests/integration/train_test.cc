@@ -9,6 +9,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "checkpoint/checkpoint_store.h"
+#include "coordinator/subprocess.h"
+#include "tests/support/damage_store.h"
 #include "tests/support/run_tandem.h"
 
 namespace tandem {
@@ -229,6 +231,100 @@ TEST(TrainTest, MissingDatasetFailsWithTheFileName) {
   RunResult run = RunTandem({"train", spec, "--store", dir.Join("s")});
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_THAT(run.err, HasSubstr(dir.Join("nodata") + "/train-images-idx3-ubyte.gz"));
+}
+
+// A bit flipped in the latest checkpoint: `checkpoints --verify` names it and
+// fails, and a resumed job falls back to the previous checkpoint with a
+// warning and still reaches the state of an uninterrupted run.
+TEST(TrainTest, DamagedLatestCheckpointIsReportedAndResumeFallsBack) {
+  TempDir dir;
+  const std::string spec = dir.Write("mlp.yaml", SpecYaml("mlp", 2, 10));
+  Json whole = TrainJson({spec, "--store", dir.Join("whole"), "--max-steps", "40"});
+  TrainJson({spec, "--store", dir.Join("s"), "--max-steps", "30"});
+  std::string chunk;
+  {
+    CheckpointStoreOptions options;
+    options.read_only = true;
+    auto store = CheckpointStore::Open(dir.Join("s"), options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto manifest = (*store)->LoadManifest("itest-mlp");
+    ASSERT_TRUE(manifest.ok()) << manifest.status();
+    ASSERT_EQ(manifest->step(), 30u);
+    for (const v1::TensorRecord& t : manifest->tensors()) {
+      if (t.name() == "model.fc3.bias") chunk = t.chunks(0).sha256();
+    }
+  }
+  ASSERT_EQ(chunk.size(), 32u);
+  ASSERT_TRUE(testing::FlipBitOfChunk(dir.Join("s"), chunk).ok());
+
+  RunResult verify = RunTandem({"checkpoints", "--store", dir.Join("s"), "--verify"});
+  EXPECT_EQ(verify.exit_code, 1);
+  EXPECT_THAT(verify.out, HasSubstr("DAMAGED"));
+  EXPECT_THAT(verify.out, HasSubstr("model.fc3.bias"));
+  EXPECT_THAT(verify.err, HasSubstr("latest checkpoint of a job is damaged"));
+
+  RunResult resumed = RunTandem({"train", spec, "--store", dir.Join("s"), "--max-steps", "40",
+                                 "--resume", "--output", "json"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_THAT(resumed.err, HasSubstr("falling back to step 20"));
+  const Json result = Json::parse(resumed.LastLine());
+  EXPECT_EQ(result["steps"], 40);
+  EXPECT_EQ(result["state_digest"], whole["state_digest"]);
+  // The damaged step was written again on the way: the store is whole again.
+  EXPECT_EQ(RunTandem({"checkpoints", "--store", dir.Join("s"), "--verify"}).exit_code, 0);
+}
+
+// Two stores, as two clouds would have: serve-store on one, replicate from the
+// other over mutual TLS, first in full and then only what changed.
+TEST(TrainTest, ReplicateSendsOnlyMissingChunksOverTls) {
+  TempDir dir;
+  ASSERT_EQ(RunTandem({"certs", "init", dir.Join("certs")}).exit_code, 0);
+  auto server =
+      Subprocess::Start({testing::TandemBinary(), "serve-store", "--store", dir.Join("target"),
+                         "--listen", "127.0.0.1:0", "--certs", dir.Join("certs")});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::optional<std::string> line = (*server)->ReadLine();
+  ASSERT_TRUE(line.has_value());
+  ASSERT_EQ(line->rfind("listening on ", 0), 0u) << *line;
+  const std::string address = line->substr(std::strlen("listening on "));
+
+  const std::string spec = dir.Write("mlp.yaml", SpecYaml("mlp", 1, 10));
+  Json first = TrainJson({spec, "--store", dir.Join("source"), "--max-steps", "10"});
+  auto replicate = [&] {
+    RunResult run =
+        RunTandem({"replicate", "--store", dir.Join("source"), "--job", "itest-mlp", "--to",
+                   address, "--certs", dir.Join("certs"), "--timeout", "60", "--output", "json"});
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    return Json::parse(run.LastLine(), nullptr, false);
+  };
+  Json full = replicate();
+  EXPECT_EQ(full["step"], 10);
+  EXPECT_EQ(full["chunks_sent"], full["chunks_total"]);
+  // Everything the target now holds came over the wire: the model and SGD's
+  // momentum, fp32.
+  EXPECT_GT(full["bytes_sent"].get<uint64_t>(), 2 * 235146 * 4 - 1);
+
+  Json again = replicate();
+  EXPECT_EQ(again["chunks_sent"], 0);
+  EXPECT_EQ(again["bytes_sent"], 0);
+
+  // A client whose certificate another CA signed is refused.
+  ASSERT_EQ(RunTandem({"certs", "init", dir.Join("other")}).exit_code, 0);
+  RunResult stranger =
+      RunTandem({"replicate", "--store", dir.Join("source"), "--job", "itest-mlp", "--to", address,
+                 "--certs", dir.Join("other"), "--timeout", "10"});
+  EXPECT_EQ(stranger.exit_code, 1);
+
+  (*server)->Kill(SIGTERM);
+  auto exit_code = (*server)->Wait();
+  ASSERT_TRUE(exit_code.ok());
+  EXPECT_EQ(*exit_code, 0);
+  RunResult list = RunTandem(
+      {"checkpoints", "--store", dir.Join("target"), "--job", "itest-mlp", "--output", "json"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  const Json listed = Json::parse(list.LastLine());
+  ASSERT_EQ(listed["checkpoints"].size(), 1u);
+  EXPECT_EQ(listed["checkpoints"][0]["state_digest"], first["state_digest"]);
 }
 
 // Runs tests/integration/torch_interop.py with Debian's Python (which has

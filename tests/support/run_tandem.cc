@@ -37,13 +37,15 @@ std::string RunResult::LastLine() const {
   return newline == std::string::npos ? trimmed : trimmed.substr(newline + 1);
 }
 
+std::string TandemBinary() { return EnvOr("TANDEM_BIN", TANDEM_BUILT_BIN); }
+
 std::string SourceDir() { return EnvOr("TANDEM_SOURCE_DIR", TANDEM_BUILT_SOURCE_DIR); }
 
 RunResult RunTandem(const std::vector<std::string>& args) {
   TempDir capture;
   const std::string out_path = capture.Join("stdout");
   const std::string err_path = capture.Join("stderr");
-  std::vector<std::string> argv = {EnvOr("TANDEM_BIN", TANDEM_BUILT_BIN)};
+  std::vector<std::string> argv = {TandemBinary()};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> argp;
   for (std::string& a : argv) argp.push_back(a.data());

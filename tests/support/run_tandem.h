@@ -20,6 +20,9 @@ struct RunResult {
 // Runs TANDEM_BIN with `args`; stdout and stderr go to files, not a terminal.
 RunResult RunTandem(const std::vector<std::string>& args);
 
+// The tandem binary the tests run (the one this build made, or $TANDEM_BIN).
+std::string TandemBinary();
+
 // The source tree (the one this build came from, or $TANDEM_SOURCE_DIR).
 std::string SourceDir();
 
