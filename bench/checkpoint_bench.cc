@@ -3,10 +3,12 @@
 //   1. save throughput vs a raw sequential write (+ fdatasync) of the same bytes;
 //      restore throughput vs a raw read of them;
 //   2. training stall per checkpoint, async vs synchronous save;
-//   3. bytes written for an incremental checkpoint vs a full one.
+//   3. bytes written, and bytes replicated to a second store over gRPC with
+//      mutual TLS on loopback, for an incremental checkpoint vs a full one.
 // The state is synthetic: --mib MiB of random fp32 in 16 MiB tensors.
 // Prints a Markdown table. Usage: checkpoint_bench [--mib N] [--dir DIR]
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +24,8 @@
 
 #include "checkpoint/async_saver.h"
 #include "checkpoint/checkpoint_store.h"
+#include "checkpoint/replication.h"
+#include "transport/tls.h"
 
 namespace tandem {
 namespace {
@@ -137,9 +141,12 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--mib") mib = std::strtoul(argv[i + 1], nullptr, 10);
     if (std::string(argv[i]) == "--dir") root = argv[i + 1];
   }
-  const std::string dir = root + "/tandem-ckpt-bench";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  std::string pattern = root + "/tandem-ckpt-bench-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) {
+    std::perror("mkdtemp");
+    return 1;
+  }
+  const std::string dir = pattern;
   const std::vector<StoredTensor> state = MakeState(mib, 1);
   const size_t bytes = mib << 20;
   const double mb = bytes / 1e6;
@@ -200,21 +207,57 @@ int main(int argc, char** argv) {
     }
   }
 
-  // 3. Incremental: one tensor of the state changes between two checkpoints.
+  // 3. Incremental: one float of the state changes between two checkpoints;
+  // each is saved, then pushed to a second store served over mutual TLS.
   uint64_t full_written = 0;
   uint64_t incremental_written = 0;
+  uint64_t full_sent = 0;
+  uint64_t incremental_sent = 0;
   {
-    const std::string store_dir = dir + "/incremental";
-    auto store = CheckpointStore::Open(store_dir);
-    Check(store.status(), "open");
+    Check(CreateCertificates(dir + "/certs", {"127.0.0.1"}), "certs");
+    auto server_creds = ServerCredentials(dir + "/certs");
+    auto channel_creds = ChannelCredentials(dir + "/certs");
+    Check(server_creds.status(), "server credentials");
+    Check(channel_creds.status(), "channel credentials");
+    auto target = CheckpointStore::Open(dir + "/replica");
+    Check(target.status(), "open replica");
+    ReplicationService service(**target);
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", *server_creds, &port);
+    builder.SetMaxReceiveMessageSize(kReplicationMaxMessageBytes);
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    const std::string address = "127.0.0.1:" + std::to_string(port);
+
+    // Each save is measured from before it to after its store is closed, so
+    // the bytes its memtable flush writes later are counted too.
     std::vector<StoredTensor> live = state;
-    uint64_t before = WriteBytes();
-    Check((*store)->Save(Manifest(1), Views(live), 0).status(), "save");
-    full_written = WriteBytes() - before;
+    auto measured_save = [&](uint64_t step) {
+      const uint64_t before = WriteBytes();
+      auto store = CheckpointStore::Open(dir + "/incremental");
+      Check(store.status(), "open");
+      Check((*store)->Save(Manifest(step), Views(live), 0).status(), "save");
+      store->reset();
+      return WriteBytes() - before;
+    };
+    full_written = measured_save(1);
     reinterpret_cast<float*>(live[0].bytes.data())[7] += 1;
-    before = WriteBytes();
-    Check((*store)->Save(Manifest(2), Views(live), 0).status(), "save");
-    incremental_written = WriteBytes() - before;
+    incremental_written = measured_save(2);
+
+    CheckpointStoreOptions read_only;
+    read_only.read_only = true;
+    auto store = CheckpointStore::Open(dir + "/incremental", read_only);
+    Check(store.status(), "open");
+    auto pushed =
+        PushCheckpoint(**store, "bench", 1, address, *channel_creds, std::chrono::minutes(5), 0);
+    Check(pushed.status(), "push");
+    full_sent = pushed->bytes_sent;
+    pushed =
+        PushCheckpoint(**store, "bench", 2, address, *channel_creds, std::chrono::minutes(5), 0);
+    Check(pushed.status(), "push");
+    incremental_sent = pushed->bytes_sent;
+    server->Shutdown();
   }
   std::filesystem::remove_all(dir);
 
@@ -233,5 +276,8 @@ int main(int argc, char** argv) {
       "| bytes written, incremental (1 float changed) vs full | %.1f MB | %.1f MB | %.3f |\n",
       incremental_written / 1e6, full_written / 1e6,
       static_cast<double>(incremental_written) / full_written);
+  std::printf("| bytes replicated over TLS, incremental vs full | %.1f MB | %.1f MB | %.3f |\n",
+              incremental_sent / 1e6, full_sent / 1e6,
+              static_cast<double>(incremental_sent) / full_sent);
   return 0;
 }

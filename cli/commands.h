@@ -23,6 +23,8 @@ int WorkerCommand(int argc, char** argv);
 
 // Where commands keep their checkpoints unless told: ~/.tandem/store.
 std::string DefaultStoreDir();
+// Where TLS material lives unless told: ~/.tandem/certs.
+std::string DefaultCertsDir();
 
 }  // namespace tandem::cli
 

@@ -67,7 +67,8 @@ int ExportCommand(const std::vector<std::string>& args) {
   CheckpointStoreOptions options;
   options.read_only = true;
   options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(store_dir, options);
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+      CheckpointStore::Open(store_dir, options);
   if (!store.ok()) {
     std::cerr << "tandem export: " << store.status().message() << "\n";
     return kExitFailed;

@@ -34,7 +34,9 @@ void ProgressView::DrawLine() {
   if (test_accuracy_ >= 0) line += absl::StrFormat(" | test acc %.4f", test_accuracy_);
   if (samples_per_s_ > 0) {
     const double eta = (total_steps_ - step_) * static_cast<double>(global_batch_) / samples_per_s_;
-    line += absl::StrFormat(" | %.0f samples/s | ETA %s", samples_per_s_, FormatDuration(eta));
+    line += absl::StrFormat(" | %.0f samples/s", samples_per_s_);
+    if (wan_mb_per_s_ >= 0) line += absl::StrFormat(" | WAN %.2f MB/s", wan_mb_per_s_);
+    line += absl::StrFormat(" | ETA %s", FormatDuration(eta));
   }
   out_ << "\r\033[K" << line << std::flush;
   line_drawn_ = true;
@@ -56,11 +58,20 @@ void ProgressView::OnEvent(const WorkerEvent& event) {
     total_steps_ = p.total_steps();
     loss_ = p.loss();
     samples_per_s_ = p.samples_per_s();
+    const auto now = std::chrono::steady_clock::now();
+    if (p.wan_bytes_sent() > 0 && wan_bytes_ > 0) {
+      const double seconds = std::chrono::duration<double>(now - wan_time_).count();
+      if (seconds > 0) wan_mb_per_s_ = (p.wan_bytes_sent() - wan_bytes_) / 1e6 / seconds;
+    }
+    wan_bytes_ = p.wan_bytes_sent();
+    wan_time_ = now;
     if (terminal_) {
       DrawLine();
     } else if (!quiet_ && step_ >= next_log_step_) {
-      Print(absl::StrFormat("step %d/%d loss %.4f %.0f samples/s", step_, total_steps_, loss_,
-                            samples_per_s_));
+      std::string line = absl::StrFormat("step %d/%d loss %.4f %.0f samples/s", step_, total_steps_,
+                                         loss_, samples_per_s_);
+      if (wan_mb_per_s_ >= 0) line += absl::StrFormat(", WAN %.2f MB/s", wan_mb_per_s_);
+      Print(line);
       next_log_step_ = step_ + std::max<uint64_t>(1, total_steps_ / 10);
     }
   } else if (event.kind == "eval") {

@@ -1,5 +1,6 @@
 // ProgressView: what `tandem train` shows while a job runs. On a terminal, one
-// live line (step/total, a bar, loss, samples/s, ETA) redrawn in place; in a
+// live line (step/total, a bar, loss, samples/s, WAN MB/s when pools exchange
+// gradients, ETA) redrawn in place; in a
 // log (not a terminal), a line every tenth of the run and at each evaluation,
 // unless quiet. Warnings always show. Writes to the stream it is given.
 #ifndef TANDEM_CLI_PROGRESS_VIEW_H_
@@ -38,6 +39,10 @@ class ProgressView {
   double loss_ = 0;
   double samples_per_s_ = 0;
   double test_accuracy_ = -1;
+  // WAN bytes sent and when, at the previous progress event, for MB/s.
+  uint64_t wan_bytes_ = 0;
+  std::chrono::steady_clock::time_point wan_time_;
+  double wan_mb_per_s_ = -1;
   uint64_t next_log_step_ = 0;
 };
 

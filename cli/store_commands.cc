@@ -43,11 +43,6 @@ bool ParseFlags(const char* command, const std::vector<std::string>& args,
   return true;
 }
 
-std::string DefaultCertsDir() {
-  const char* home = std::getenv("HOME");
-  return std::string(home != nullptr && *home != '\0' ? home : ".") + "/.tandem/certs";
-}
-
 }  // namespace
 
 int CertsCommand(const std::vector<std::string>& args) {
@@ -97,7 +92,8 @@ int ServeStoreCommand(const std::vector<std::string>& args) {
   std::string listen;
   std::string certs;
   bool insecure = false;
-  po::options_description flags(R"(Usage: tandem serve-store --store DIR [--listen ADDR] [--certs DIR | --insecure]
+  po::options_description flags(
+      R"(Usage: tandem serve-store --store DIR [--listen ADDR] [--certs DIR | --insecure]
 
 Serves a checkpoint store to peers (tandem replicate pushes into it) until
 SIGINT or SIGTERM. Prints `listening on HOST:PORT` once it accepts
@@ -226,16 +222,17 @@ Options)");
   CheckpointStoreOptions options;
   options.read_only = true;
   options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(store_dir, options);
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+      CheckpointStore::Open(store_dir, options);
   if (!store.ok()) {
     std::cerr << "tandem replicate: " << store.status().message() << "\n";
     return kExitFailed;
   }
   std::optional<uint64_t> wanted;
   if (vm.count("step")) wanted = step;
-  absl::StatusOr<ReplicationStats> stats = PushCheckpoint(
-      **store, job, wanted, target, credentials,
-      std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)), keep);
+  absl::StatusOr<ReplicationStats> stats =
+      PushCheckpoint(**store, job, wanted, target, credentials,
+                     std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)), keep);
   if (!stats.ok()) {
     std::cerr << "tandem replicate: " << stats.status().message() << "\n";
     return kExitFailed;

@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/progress_view.h"
 #include "coordinator/local_train.h"
+#include "transport/tls.h"
 #include "worker/job_spec.h"
 
 namespace tandem::cli {
@@ -22,14 +23,23 @@ std::string DefaultStoreDir() {
   return std::string(home != nullptr && *home != '\0' ? home : ".") + "/.tandem/store";
 }
 
+std::string DefaultCertsDir() {
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr && *home != '\0' ? home : ".") + "/.tandem/certs";
+}
+
 namespace {
 
 constexpr char kTrainUsage[] = R"(Usage: tandem train SPEC [OPTIONS]
 
 Runs the job described by the YAML file SPEC on this machine: each pool of the
 spec is one group of `tandem worker` ranks that tandem starts with mpirun.
-Checkpoints go to the store every checkpoint.every_steps and at the end.
-On a terminal a live progress line shows step, loss, samples/s and ETA.
+With several pools, their leaders exchange gradients (encoded with
+exchange.codec) over gRPC with mutual TLS, through an emulated WAN when
+--wan-delay/--wan-rate/--wan-loss are given. Checkpoints go to the store
+(one store per cloud, DIR/CLOUD, when there are several pools) every
+checkpoint.every_steps and at the end. On a terminal a live progress line
+shows step, loss, samples/s and ETA.
 
 Options)";
 
@@ -48,6 +58,12 @@ int TrainCommand(const std::vector<std::string>& args) {
   bool resume = false;
   std::string init_file;
   uint64_t max_steps = 0;
+  std::string certs_dir;
+  bool insecure = false;
+  uint32_t wan_delay_ms = 0;
+  double wan_rate_mbit = 0;
+  double wan_loss = 0;
+  double exchange_timeout_s = 60;
   po::options_description flags(kTrainUsage);
   // clang-format off
   flags.add_options()
@@ -61,6 +77,17 @@ int TrainCommand(const std::vector<std::string>& args) {
        "as `tandem export` or Python's torch.save(model.state_dict()) writes it")
       ("max-steps", po::value(&max_steps)->default_value(0)->value_name("N"),
        "stop after N steps in all (0 = as the spec says)")
+      ("certs", po::value(&certs_dir)->default_value(DefaultCertsDir()),
+       "mutual TLS material for the links between pools (made there on first use)")
+      ("insecure", po::bool_switch(&insecure), "plaintext links between pools instead of TLS")
+      ("wan-delay", po::value(&wan_delay_ms)->default_value(0)->value_name("MS"),
+       "emulate a WAN between the pools: one-way delay in milliseconds")
+      ("wan-rate", po::value(&wan_rate_mbit)->default_value(0)->value_name("MBIT"),
+       "emulated WAN rate in Mbit/s per direction (0 = unlimited)")
+      ("wan-loss", po::value(&wan_loss)->default_value(0)->value_name("P"),
+       "emulated WAN connection resets per MB sent (0 = none)")
+      ("exchange-timeout", po::value(&exchange_timeout_s)->default_value(60)->value_name("S"),
+       "fail the job when a peer pool is silent this many seconds")
       ("output", po::value(&output)->default_value("text"),
        "text, or json: the last line of stdout is one JSON object with steps, epochs, "
        "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
@@ -103,7 +130,25 @@ int TrainCommand(const std::vector<std::string>& args) {
     return kExitUsage;
   }
 
+  if (exchange_timeout_s <= 0 || wan_rate_mbit < 0 || wan_loss < 0) {
+    std::cerr << "tandem train: --exchange-timeout must be positive, --wan-rate and "
+                 "--wan-loss not negative\n";
+    return kExitUsage;
+  }
+  if (spec->pools_size() > 1 && !insecure) {
+    absl::Status certs = CreateCertificates(certs_dir, {"localhost", "127.0.0.1", "::1"});
+    if (!certs.ok()) {
+      std::cerr << "tandem train: " << certs.message() << "\n";
+      return kExitFailed;
+    }
+  }
   LocalTrainOptions options;
+  options.certs_dir = std::filesystem::absolute(certs_dir).string();
+  options.insecure = insecure;
+  options.wan_delay_ms = wan_delay_ms;
+  options.wan_rate_mbit = wan_rate_mbit;
+  options.wan_loss = wan_loss;
+  options.exchange_timeout_ms = static_cast<uint32_t>(exchange_timeout_s * 1000);
   options.spec_path = std::filesystem::absolute(spec_path).string();
   options.store_dir = std::filesystem::absolute(store_dir).string();
   options.resume = resume;
@@ -111,7 +156,10 @@ int TrainCommand(const std::vector<std::string>& args) {
   options.max_steps = max_steps;
   options.tandem_binary = SelfExecutable();
   std::error_code error;
-  std::filesystem::create_directories(std::filesystem::path(options.store_dir).parent_path(),
+  // A job of several pools keeps one store per cloud inside the folder.
+  std::filesystem::create_directories(spec->pools_size() > 1
+                                          ? std::filesystem::path(options.store_dir)
+                                          : std::filesystem::path(options.store_dir).parent_path(),
                                       error);
 
   // Ctrl-C reaches mpirun too (same process group), which stops the ranks;
@@ -139,6 +187,10 @@ int TrainCommand(const std::vector<std::string>& args) {
                         {"state_digest", result->state_digest},
                         {"store", options.store_dir}};
     if (!result->init_digest.empty()) j["init_digest"] = result->init_digest;
+    if (spec->pools_size() > 1) {
+      j["wan_bytes_sent"] = result->wan_bytes_sent;
+      j["compression_ratio"] = result->compression_ratio;
+    }
     std::cout << j.dump() << std::endl;
   } else {
     std::cout << absl::StrFormat(
@@ -149,6 +201,12 @@ int TrainCommand(const std::vector<std::string>& args) {
         spec->name(), result->steps, result->epochs, result->wall_s, result->test_accuracy,
         result->test_loss, result->loss, result->samples_per_s, result->state_digest,
         options.store_dir);
+    if (spec->pools_size() > 1) {
+      std::cout << absl::StrFormat(
+          "  WAN: %.1f MB sent by %s's leader, compression ratio %.1f (codec %s)\n",
+          result->wan_bytes_sent / 1e6, spec->pools(0).cloud(), result->compression_ratio,
+          CodecName(spec->exchange().codec()));
+    }
   }
   return kExitOk;
 }

@@ -3,6 +3,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "transport/mpi_comm.h"
 #include "worker/trainer.h"
@@ -14,6 +15,7 @@ namespace po = boost::program_options;
 
 int WorkerCommand(int argc, char** argv) {
   WorkerOptions options;
+  std::string peers;
   po::options_description flags("tandem worker (started by mpirun; not for direct use)");
   // clang-format off
   flags.add_options()
@@ -21,7 +23,14 @@ int WorkerCommand(int argc, char** argv) {
       ("store", po::value(&options.store_dir)->required(), "checkpoint store folder")
       ("resume", po::bool_switch(&options.resume), "continue from the latest checkpoint")
       ("init", po::value(&options.init_file), "start from this PyTorch state_dict file")
-      ("max-steps", po::value(&options.max_steps), "override train.max_steps");
+      ("max-steps", po::value(&options.max_steps), "override train.max_steps")
+      ("pool", po::value(&options.pool_index), "which pool of the spec these ranks are")
+      ("link-listen", po::value(&options.link_listen), "HOST:PORT the leader's link listens on")
+      ("link-peers", po::value(&peers), "every leader's HOST:PORT by pool index, comma-separated")
+      ("certs", po::value(&options.certs_dir), "mutual TLS material for the link")
+      ("insecure", po::bool_switch(&options.insecure), "plaintext link")
+      ("exchange-timeout-ms", po::value(&options.exchange_timeout_ms),
+       "fail when a peer is silent this long");
   // clang-format on
   try {
     po::variables_map vm;
@@ -31,6 +40,7 @@ int WorkerCommand(int argc, char** argv) {
     std::cerr << "tandem worker: " << e.what() << "\n" << flags;
     return kExitUsage;
   }
+  if (!peers.empty()) options.link_peers = absl::StrSplit(peers, ',');
   absl::StatusOr<std::unique_ptr<MpiSession>> mpi = MpiSession::Start(&argc, &argv);
   if (!mpi.ok()) {
     std::cerr << "tandem worker: " << mpi.status().message() << "\n";

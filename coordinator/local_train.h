@@ -1,6 +1,8 @@
 // Runs a job's pools on this machine: each pool one mpirun group of
 // `tandem worker` ranks that tandem launches itself, its events read from the
-// group's stdout and handed to the caller as they come.
+// group's stdout and handed to the caller as they come. The leaders of a job
+// with several pools exchange gradients over gRPC on loopback, optionally
+// through tandem-wan-proxy to emulate the WAN between clouds.
 #ifndef TANDEM_COORDINATOR_LOCAL_TRAIN_H_
 #define TANDEM_COORDINATOR_LOCAL_TRAIN_H_
 
@@ -22,6 +24,16 @@ struct LocalTrainOptions {
   std::string init_file;      // start from this PyTorch state_dict file
   uint64_t max_steps = 0;     // overrides train.max_steps when non-zero
   std::string tandem_binary;  // the executable mpirun starts as `tandem worker`
+  // Between the pools of a job with several: mutual TLS with the material in
+  // certs_dir (from `tandem certs init`), or plaintext when insecure.
+  std::string certs_dir;
+  bool insecure = false;
+  uint32_t exchange_timeout_ms = 60000;  // a peer silent this long fails the step
+  // WAN emulation between the pools (tandem-wan-proxy in front of each
+  // leader): one-way delay, rate limit, and resets per MB.
+  uint32_t wan_delay_ms = 0;
+  double wan_rate_mbit = 0;
+  double wan_loss = 0;
 };
 
 // One event of a pool leader (see worker/worker_events.h), parsed.
@@ -43,8 +55,14 @@ struct TrainResult {
   double samples_per_s = 0;
   double wall_s = 0;
   std::string state_digest;
-  std::string init_digest;  // of the --init parameters, if any
+  std::string init_digest;       // of the --init parameters, if any
+  uint64_t wan_bytes_sent = 0;   // by pool 0's leader to the other clouds
+  double compression_ratio = 0;  // fp32 gradient bytes exchanged / bytes sent
 };
+
+// The checkpoint store of pool `pool`: the store folder itself for a job of
+// one pool, else one folder per cloud inside it.
+std::string PoolStoreDir(const LocalTrainOptions& options, const v1::JobSpec& spec, int pool);
 
 // Parses one line of a worker's stdout; nullopt if it is not an event.
 std::optional<WorkerEvent> ParseWorkerEvent(const std::string& line);

@@ -1,5 +1,6 @@
 #include "worker/trainer.h"
 
+#include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -15,6 +16,9 @@
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "checkpoint/torch_file.h"
+#include "transport/codec.h"
+#include "transport/grpc_link.h"
+#include "transport/tls.h"
 #include "worker/fashion_mnist.h"
 #include "worker/job_spec.h"
 #include "worker/models.h"
@@ -185,6 +189,22 @@ class Trainer {
   absl::Status OpenStoreAndResume();
   // Loads the model parameters from a PyTorch state_dict file (--init).
   absl::Status LoadInitFile();
+  absl::Status RestoreCodecState(const Checkpoint& checkpoint);
+  absl::Status ReconcileAcrossPools(bool* have_state);
+  // Leader of a job with several pools: the pool's gradient and loss (in
+  // grad_and_loss) become the sum over every pool.
+  absl::Status ExchangeGradients();
+  absl::Status CheckCloudsAgree(uint64_t round);
+  absl::Status StartLink();
+  std::chrono::milliseconds ExchangeDeadline() const {
+    return std::chrono::milliseconds(options_.exchange_timeout_ms);
+  }
+  // Rounds of the link: two at start-up, then four per step index (codec
+  // rounds, then the digest check after that step).
+  static constexpr uint64_t kRoundResume = 0;
+  static constexpr uint64_t kRoundState = 1;
+  static constexpr int kDigestRound = 3;
+  static uint64_t RoundOf(uint64_t step, int round) { return 2 + step * 4 + round; }
   absl::Status BroadcastState();
   // Rank 0: hands the state of this step to the store, on the saver's
   // thread when checkpoint.async is set. Failures become warnings.
@@ -213,6 +233,11 @@ class Trainer {
   uint64_t last_saved_step_ = UINT64_MAX;
   bool resumed_ = false;
   std::string init_digest_;  // of the --init parameters, named as in the file
+  int pool_index_ = 0;
+  uint32_t rank_offset_ = 0;      // ranks of the pools before this one
+  std::unique_ptr<Codec> codec_;  // leader of a multi-pool job only
+  std::unique_ptr<Link> link_;    // leader of a multi-pool job only
+  uint64_t fp32_bytes_exchanged_ = 0;
 };
 
 at::Tensor Trainer::Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const {
@@ -286,6 +311,12 @@ absl::Status Trainer::OpenStoreAndResume() {
       cursor_ = checkpoint->manifest.global_cursor();
       last_saved_step_ = step_;
     }
+    if (status.ok() && checkpoint.has_value() && codec_ != nullptr) {
+      status = RestoreCodecState(*checkpoint);
+    }
+    bool have_state = checkpoint.has_value();
+    if (status.ok() && link_ != nullptr) status = ReconcileAcrossPools(&have_state);
+    if (have_state && !checkpoint.has_value()) checkpoint.emplace();
   }
   status = ShareStatus(comm_, status);
   if (!status.ok()) return status;
@@ -334,6 +365,186 @@ absl::Status Trainer::LoadInitFile() {
   return absl::OkStatus();
 }
 
+absl::Status Trainer::RestoreCodecState(const Checkpoint& checkpoint) {
+  CodecState state = codec_->State();
+  bool complete = true;
+  for (auto& [name, values] : state) {
+    const StoredTensor* stored = nullptr;
+    for (const StoredTensor& t : checkpoint.tensors) {
+      if (t.name == name) stored = &t;
+    }
+    if (stored == nullptr || stored->bytes.size() != values.size() * sizeof(float)) {
+      complete = false;
+      break;
+    }
+    std::memcpy(values.data(), stored->bytes.data(), stored->bytes.size());
+  }
+  if (!complete) {
+    // Another codec, or none: its error feedback starts empty, which costs
+    // at most a step's worth of delayed gradient.
+    Emit({{"event", "warning"},
+          {"message",
+           absl::StrFormat("the checkpoint at step %d has no %s codec state; "
+                           "error feedback starts empty",
+                           checkpoint.manifest.step(), CodecName(spec_.exchange().codec()))}});
+    return absl::OkStatus();
+  }
+  return codec_->LoadState(state);
+}
+
+// The leaders agree on where the job goes on: the newest checkpoint any pool
+// holds. A pool whose store lacks it (a cloud that joined, or lost its
+// disk) receives the whole state from the first pool that has it.
+absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
+  const int64_t mine = *have_state ? static_cast<int64_t>(step_) : -1;
+  absl::StatusOr<std::vector<std::string>> steps = link_->Exchange(
+      kRoundResume, std::string(reinterpret_cast<const char*>(&mine), 8), ExchangeDeadline());
+  if (!steps.ok()) return steps.status();
+  int64_t newest = -1;
+  int sender = -1;
+  for (size_t pool = 0; pool < steps->size(); ++pool) {
+    int64_t step = -1;
+    if ((*steps)[pool].size() != sizeof(step)) {
+      return absl::DataLossError("a peer sent a malformed resume message");
+    }
+    std::memcpy(&step, (*steps)[pool].data(), sizeof(step));
+    if (step > newest) {
+      newest = step;
+      sender = static_cast<int>(pool);
+    }
+  }
+  if (newest < 0) return absl::OkStatus();
+  std::string payload;
+  if (sender == pool_index_) {
+    const uint64_t header[2] = {step_, cursor_};
+    payload.append(reinterpret_cast<const char*>(header), sizeof(header));
+    for (auto& [name, tensor] : StateTensors(model_, *optimizer_)) {
+      payload.append(static_cast<const char*>(tensor.data_ptr()), tensor.nbytes());
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> states =
+      link_->Exchange(kRoundState, payload, ExchangeDeadline());
+  if (!states.ok()) return states.status();
+  if (mine == newest) return absl::OkStatus();
+  const std::string& state = (*states)[sender];
+  size_t offset = 2 * sizeof(uint64_t);
+  size_t expected = offset;
+  for (auto& [name, tensor] : StateTensors(model_, *optimizer_)) expected += tensor.nbytes();
+  if (state.size() != expected) {
+    return absl::DataLossError(
+        absl::StrFormat("pool %s sent a state of %d bytes; this model and optimizer need %d",
+                        spec_.pools(sender).cloud(), state.size(), expected));
+  }
+  uint64_t header[2];
+  std::memcpy(header, state.data(), sizeof(header));
+  for (auto& [name, tensor] : StateTensors(model_, *optimizer_)) {
+    std::memcpy(tensor.data_ptr(), state.data() + offset, tensor.nbytes());
+    offset += tensor.nbytes();
+  }
+  step_ = header[0];
+  cursor_ = header[1];
+  last_saved_step_ = UINT64_MAX;  // this pool's store does not have it yet
+  *have_state = true;
+  Emit({{"event", "warning"},
+        {"message",
+         absl::StrFormat("pool %s joins at step %d with the state of pool %s",
+                         spec_.pools(pool_index_).cloud(), step_, spec_.pools(sender).cloud())}});
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::StartLink() {
+  std::vector<std::vector<int64_t>> shapes;
+  for (const FlatModel::Slot& slot : model_.slots) shapes.push_back(slot.shape);
+  absl::StatusOr<std::unique_ptr<Codec>> codec =
+      MakeCodec(spec_.exchange(), shapes, spec_.train().seed());
+  if (!codec.ok()) return codec.status();
+  codec_ = std::move(*codec);
+  GrpcLinkOptions link;
+  link.job_id = spec_.name();
+  link.cloud = spec_.pools(pool_index_).cloud();
+  link.pool_index = pool_index_;
+  link.pool_count = spec_.pools_size();
+  link.listen_address = options_.link_listen;
+  link.streams_per_peer = static_cast<int>(spec_.exchange().streams());
+  link.peer_addresses = options_.link_peers;
+  if (options_.insecure) {
+    link.server_credentials = grpc::InsecureServerCredentials();
+    link.channel_credentials = grpc::InsecureChannelCredentials();
+  } else {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server =
+        ServerCredentials(options_.certs_dir);
+    if (!server.ok()) return server.status();
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel =
+        ChannelCredentials(options_.certs_dir);
+    if (!channel.ok()) return channel.status();
+    link.server_credentials = *server;
+    link.channel_credentials = *channel;
+  }
+  if (static_cast<int>(link.peer_addresses.size()) != spec_.pools_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--link-peers names %d addresses for %d pools", link.peer_addresses.size(),
+                        spec_.pools_size()));
+  }
+  absl::StatusOr<std::unique_ptr<GrpcLink>> created = GrpcLink::Create(link);
+  if (!created.ok()) return created.status();
+  link_ = std::move(*created);
+  // Fail fast on a wrong address, certificate or job before any work.
+  return link_->Connect(ExchangeDeadline());
+}
+
+absl::Status Trainer::ExchangeGradients() {
+  const size_t n = static_cast<size_t>(model_.numel);
+  float* grad = model_.grad_and_loss.data_ptr<float>();
+  const double loss = grad[n];
+  std::string mine(reinterpret_cast<const char*>(&loss), sizeof(loss));
+  std::string encoded;
+  absl::Status status = codec_->BeginStep(grad, n, &encoded);
+  if (!status.ok()) return status;
+  mine += encoded;
+  absl::StatusOr<std::vector<std::string>> all =
+      link_->Exchange(RoundOf(step_, 0), mine, ExchangeDeadline());
+  if (!all.ok()) return all.status();
+  double total_loss = 0;
+  std::vector<std::string> payloads;
+  for (const std::string& p : *all) {
+    if (p.size() < sizeof(double)) return absl::DataLossError("a peer sent a short payload");
+    double peer_loss;
+    std::memcpy(&peer_loss, p.data(), sizeof(peer_loss));
+    total_loss += peer_loss;
+    payloads.push_back(p.substr(sizeof(double)));
+  }
+  for (int round = 1; round < codec_->rounds(); ++round) {
+    status = codec_->NextRound(payloads, &encoded);
+    if (!status.ok()) return status;
+    all = link_->Exchange(RoundOf(step_, round), encoded, ExchangeDeadline());
+    if (!all.ok()) return all.status();
+    payloads = std::move(*all);
+  }
+  status = codec_->FinishStep(payloads, grad, n);
+  if (!status.ok()) return status;
+  grad[n] = static_cast<float>(total_loss);
+  fp32_bytes_exchanged_ += n * sizeof(float) * (spec_.pools_size() - 1);
+  return absl::OkStatus();
+}
+
+// Every K steps (and at the end) the leaders compare a digest of the model
+// and optimizer state: every cloud must hold the same bits.
+absl::Status Trainer::CheckCloudsAgree(uint64_t round) {
+  const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
+  absl::StatusOr<std::vector<std::string>> all = link_->Exchange(round, digest, ExchangeDeadline());
+  if (!all.ok()) return all.status();
+  for (size_t pool = 0; pool < all->size(); ++pool) {
+    if ((*all)[pool] != digest) {
+      return absl::InternalError(absl::StrFormat(
+          "the parameters of pool %s differ from pool %s's after step %d: the clouds diverged "
+          "(digests %s and %s)",
+          spec_.pools(pool).cloud(), spec_.pools(pool_index_).cloud(), step_,
+          (*all)[pool].substr(0, 16), digest.substr(0, 16)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::BroadcastState() {
   uint64_t position[2] = {step_, cursor_};
   absl::Status status = comm_.Broadcast(position, sizeof(position), 0);
@@ -372,14 +583,25 @@ void Trainer::SaveCheckpoint() {
   rng_state->set_name(kTorchRngName);
   rng_state->set_state(std::string(static_cast<const char*>(rng.data_ptr()), rng.nbytes()));
   last_saved_step_ = step_;
+  std::vector<TensorView> views = Views(StateTensors(model_, *optimizer_));
+  // The codec's error feedback differs from cloud to cloud; each cloud keeps
+  // its own with its checkpoint.
+  CodecState codec_state;
+  if (codec_ != nullptr) codec_state = codec_->State();
+  for (const auto& [name, values] : codec_state) {
+    views.push_back({name,
+                     v1::DTYPE_FLOAT32,
+                     {static_cast<int64_t>(values.size())},
+                     values.data(),
+                     values.size() * sizeof(float)});
+  }
   if (saver_ != nullptr) {
-    saver_->Submit(std::move(manifest), Views(StateTensors(model_, *optimizer_)),
-                   spec_.checkpoint().keep());
+    saver_->Submit(std::move(manifest), views, spec_.checkpoint().keep());
     stall_ms_[step_] = SecondsSince(start) * 1000;
     return;
   }
-  absl::StatusOr<v1::CheckpointManifest> saved = store_->Save(
-      std::move(manifest), Views(StateTensors(model_, *optimizer_)), spec_.checkpoint().keep());
+  absl::StatusOr<v1::CheckpointManifest> saved =
+      store_->Save(std::move(manifest), views, spec_.checkpoint().keep());
   stall_ms_[step_] = SecondsSince(start) * 1000;
   ReportSave({step_, std::move(saved), SecondsSince(start)});
 }
@@ -454,11 +676,24 @@ absl::Status Trainer::Run() {
   spec_ = std::move(*spec);
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
   const v1::TrainSpec& train = spec_.train();
-  if (TotalWorkers(spec_) != static_cast<uint32_t>(comm_.size())) {
+  pool_index_ = static_cast<int>(options_.pool_index);
+  if (pool_index_ >= spec_.pools_size()) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("the spec's pools have %d workers but mpirun started %d ranks",
-                        TotalWorkers(spec_), comm_.size()));
+        absl::StrFormat("--pool %d: the spec has %d pools", pool_index_, spec_.pools_size()));
   }
+  const v1::PoolSpec& pool = spec_.pools(pool_index_);
+  if (pool.workers() != static_cast<uint32_t>(comm_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("pool %s has %d workers in the spec but mpirun started %d ranks",
+                        pool.cloud(), pool.workers(), comm_.size()));
+  }
+  if (spec_.exchange().mode() == v1::EXCHANGE_MODE_DELAYED) {
+    return absl::FailedPreconditionError(
+        "exchange.mode: delayed (the exchange of a step overlapping the next step's compute) "
+        "is not available in this version; use sync");
+  }
+  for (int i = 0; i < pool_index_; ++i) rank_offset_ += spec_.pools(i).workers();
+  const uint32_t total_ranks = TotalWorkers(spec_);
 
   absl::StatusOr<MnistSplit> train_split = LoadFashionMnist(spec_.data().path(), Split::kTrain);
   if (!train_split.ok()) return train_split.status();
@@ -478,7 +713,12 @@ absl::Status Trainer::Run() {
     if (!init.ok()) return init;
   }
 
-  absl::Status status = OpenStoreAndResume();
+  absl::Status status;
+  if (spec_.pools_size() > 1 && comm_.rank() == 0) {
+    status = StartLink();
+    if (!status.ok()) return status;
+  }
+  status = OpenStoreAndResume();
   if (!status.ok()) return status;
 
   const uint64_t total_steps = sampler_->TotalSteps(train.epochs(), train.max_steps());
@@ -504,7 +744,10 @@ absl::Status Trainer::Run() {
     const Clock::time_point step_start = Clock::now();
     const std::vector<uint32_t> batch = sampler_->GlobalBatch(cursor_);
     const uint32_t batch_size = static_cast<uint32_t>(batch.size());
-    const auto [begin, end] = GlobalSampler::RankSlice(batch_size, comm_.rank(), comm_.size());
+    // This rank's slice of the global batch: ranks are numbered across every
+    // pool of the job, so the batch does not depend on the layout.
+    const auto [begin, end] =
+        GlobalSampler::RankSlice(batch_size, rank_offset_ + comm_.rank(), total_ranks);
     const int64_t n = end - begin;
 
     model_.grad_and_loss.zero_();
@@ -524,6 +767,16 @@ absl::Status Trainer::Run() {
     }
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
+    if (spec_.pools_size() > 1) {
+      // The leaders combine their pools' gradients across clouds; the leader
+      // then hands the combined one to its pool.
+      if (comm_.rank() == 0) {
+        status = ExchangeGradients();
+        if (!status.ok()) return status;
+      }
+      status = comm_.Broadcast(model_.grad_and_loss.data_ptr(), model_.grad_and_loss.nbytes(), 0);
+      if (!status.ok()) return status;
+    }
     last_loss = model_.loss_slot() / batch_size;
     {
       torch::NoGradGuard no_grad;
@@ -543,7 +796,8 @@ absl::Status Trainer::Run() {
             {"epoch", sampler_->EpochAt(cursor_)},
             {"cursor", cursor_},
             {"loss", last_loss},
-            {"samples_per_s", window_samples / std::max(1e-9, SecondsSince(window_start))}});
+            {"samples_per_s", window_samples / std::max(1e-9, SecondsSince(window_start))},
+            {"wan_bytes_sent", link_ != nullptr ? link_->Stats().wire_bytes_sent : 0}});
       window_start = Clock::now();
       window_samples = 0;
     }
@@ -555,6 +809,11 @@ absl::Status Trainer::Run() {
             {"step", step_},
             {"test_accuracy", eval->first},
             {"test_loss", eval->second}});
+    }
+    const uint32_t digest_every = spec_.exchange().digest_every_steps();
+    if (link_ != nullptr && digest_every != 0 && step_ % digest_every == 0) {
+      status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound));
+      if (!status.ok()) return status;
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
       SaveCheckpoint();
@@ -585,6 +844,13 @@ absl::Status Trainer::Run() {
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
   status = CheckReplicasAgree(digest);
   if (!status.ok()) return status;
+  uint64_t wan_bytes_sent = 0;
+  if (link_ != nullptr) {
+    // The slot of the step that would come next, which no round has used.
+    status = CheckCloudsAgree(RoundOf(step_, 0));
+    if (!status.ok()) return status;
+    wan_bytes_sent = link_->Stats().wire_bytes_sent;
+  }
 
   Emit({{"event", "done"},
         {"steps", step_},
@@ -595,7 +861,10 @@ absl::Status Trainer::Run() {
         {"test_loss", test_loss},
         {"samples_per_s", trained_samples / std::max(1e-9, train_seconds)},
         {"worker_wall_s", SecondsSince(run_start)},
-        {"state_digest", digest}});
+        {"state_digest", digest},
+        {"wan_bytes_sent", wan_bytes_sent},
+        {"compression_ratio",
+         wan_bytes_sent == 0 ? 0.0 : static_cast<double>(fp32_bytes_exchanged_) / wan_bytes_sent}});
   return absl::OkStatus();
 }
 

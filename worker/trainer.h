@@ -2,14 +2,19 @@
 // mpirun. Every rank loads the data and builds the model; rank 0 (the pool
 // leader) alone owns the checkpoint store and reports events (worker_events.h)
 // on `events`. Each step: forward/backward on this rank's slice of the global
-// batch, MPI allreduce of the flat fp32 gradient, optimizer step, so every
-// rank holds bitwise-identical parameters after every step (checked at the end).
+// batch, MPI allreduce of the flat fp32 gradient inside the pool; with several
+// pools the leaders then encode it, exchange it over the WAN link, decode and
+// sum every pool's in pool order, and broadcast the sum in their pool; then
+// the optimizer step. Every rank of every pool holds bitwise-identical
+// parameters after every step (checked every exchange.digest_every_steps
+// between clouds, and at the end).
 #ifndef TANDEM_WORKER_TRAINER_H_
 #define TANDEM_WORKER_TRAINER_H_
 
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "transport/mpi_comm.h"
@@ -27,6 +32,18 @@ struct WorkerOptions {
   std::string init_file;
   // Overrides train.max_steps of the spec when non-zero.
   uint64_t max_steps = 0;
+
+  // Which of the spec's pools this group of ranks is.
+  uint32_t pool_index = 0;
+  // For a job of several pools: where this pool's leader accepts the other
+  // leaders' gradient streams, and every leader's address by pool index.
+  std::string link_listen;
+  std::vector<std::string> link_peers;
+  // Mutual TLS material (tandem certs init), or plaintext when insecure.
+  std::string certs_dir;
+  bool insecure = false;
+  // A peer silent this long during an exchange fails the job.
+  uint32_t exchange_timeout_ms = 60000;
 };
 
 // Runs this rank's share of the job to its end. Collective over `comm`.

@@ -1,0 +1,176 @@
+// `tandem train` with two pools: two mpirun groups whose leaders exchange
+// encoded gradients over gRPC with mutual TLS, as two clouds would.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint_store.h"
+#include "tests/support/run_tandem.h"
+
+namespace tandem {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::RunResult;
+using testing::RunTandem;
+using testing::TempDir;
+using Json = nlohmann::json;
+
+// A job of `pools` = {{cloud, workers}, ...}.
+std::string SpecYaml(const std::string& arch, const std::vector<std::pair<std::string, int>>& pools,
+                     const std::string& codec, int every_steps = 0) {
+  std::string yaml = absl::StrFormat(R"(name: two-%s
+model: {arch: %s}
+train: {epochs: 1, global_batch: 64, optimizer: sgd, lr: 0.05, seed: 3}
+checkpoint: {every_steps: %d, keep: 2}
+exchange: {codec: %s, rank: 2, topk_ratio: 0.05, digest_every_steps: 5}
+pools:
+)",
+                                     arch, arch, every_steps, codec);
+  for (const auto& [cloud, workers] : pools) {
+    yaml += absl::StrFormat("  - {cloud: %s, workers: %d}\n", cloud, workers);
+  }
+  return yaml;
+}
+
+Json Train(const TempDir& dir, const std::vector<std::string>& args) {
+  std::vector<std::string> all = {"train"};
+  all.insert(all.end(), args.begin(), args.end());
+  all.insert(all.end(), {"--certs", dir.Join("certs"), "--output", "json"});
+  RunResult run = RunTandem(all);
+  EXPECT_EQ(run.exit_code, 0) << run.err << run.out;
+  Json j = Json::parse(run.LastLine(), nullptr, false);
+  EXPECT_TRUE(j.is_object()) << run.LastLine() << "\n" << run.err;
+  return j;
+}
+
+std::vector<float> ModelFloats(const std::string& store, const std::string& job) {
+  CheckpointStoreOptions options;
+  options.read_only = true;
+  auto opened = CheckpointStore::Open(store, options);
+  EXPECT_TRUE(opened.ok()) << opened.status();
+  if (!opened.ok()) return {};
+  auto checkpoint = (*opened)->Load(job);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  std::vector<float> out;
+  if (!checkpoint.ok()) return out;
+  for (const StoredTensor& t : checkpoint->tensors) {
+    if (t.name.rfind("model.", 0) != 0) continue;
+    const size_t n = t.bytes.size() / sizeof(float);
+    out.resize(out.size() + n);
+    std::memcpy(out.data() + out.size() - n, t.bytes.data(), t.bytes.size());
+  }
+  return out;
+}
+
+// Two clouds of one rank each compute what one pool of two ranks computes,
+// up to the order of the floating-point sum; both clouds end bit-identical.
+TEST(TwoPoolsTest, TwoCloudsMatchOnePoolWithTheUncompressedCodec) {
+  TempDir dir;
+  const std::string one = dir.Write("one.yaml", SpecYaml("cnn", {{"local", 2}}, "none"));
+  const std::string two =
+      dir.Write("two.yaml", SpecYaml("cnn", {{"cloud-a", 1}, {"cloud-b", 1}}, "none"));
+  Json single = Train(dir, {one, "--store", dir.Join("one"), "--max-steps", "8"});
+  Json pair = Train(dir, {two, "--store", dir.Join("two"), "--max-steps", "8"});
+  EXPECT_EQ(pair["steps"], 8);
+  std::vector<float> a = ModelFloats(dir.Join("one"), "two-cnn");
+  std::vector<float> b = ModelFloats(dir.Join("two/cloud-a"), "two-cnn");
+  std::vector<float> c = ModelFloats(dir.Join("two/cloud-b"), "two-cnn");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_EQ(b, c);  // every cloud holds the same bits
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max<double>(worst, std::abs(a[i] - b[i]));
+  EXPECT_LT(worst, 1e-5);
+  // fp32 between the clouds: what was sent is what was exchanged, plus framing.
+  EXPECT_GT(pair["wan_bytes_sent"].get<uint64_t>(), 8u * 421642 * 4);
+  EXPECT_GT(pair["compression_ratio"].get<double>(), 0.9);
+  EXPECT_LE(pair["compression_ratio"].get<double>(), 1.0);
+}
+
+TEST(TwoPoolsTest, EveryCodecTrainsAndCompressesAsExpected) {
+  struct Case {
+    std::string codec;
+    double min_ratio;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"fp16", 1.8}, {"bf16", 1.8}, {"int8", 3.5}, {"topk", 8}, {"powersgd", 20}}) {
+    SCOPED_TRACE(c.codec);
+    TempDir dir;
+    const std::string spec =
+        dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, c.codec));
+    Json first = Train(dir, {spec, "--store", dir.Join("s1"), "--max-steps", "60"});
+    Json again = Train(dir, {spec, "--store", dir.Join("s2"), "--max-steps", "60"});
+    EXPECT_EQ(first["state_digest"], again["state_digest"]);  // deterministic
+    EXPECT_GT(first["compression_ratio"].get<double>(), c.min_ratio);
+    EXPECT_GT(first["test_accuracy"].get<double>(), 0.6);
+  }
+}
+
+// Codec state (error feedback, PowerSGD's Q) is part of each cloud's
+// checkpoint: 20 + 20 steps give the bits of 40.
+TEST(TwoPoolsTest, ResumeWithACompressingCodecIsBitwiseIdentical) {
+  for (const std::string codec : {"topk", "powersgd"}) {
+    SCOPED_TRACE(codec);
+    TempDir dir;
+    const std::string spec =
+        dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, codec, 10));
+    Json whole = Train(dir, {spec, "--store", dir.Join("whole"), "--max-steps", "40"});
+    Train(dir, {spec, "--store", dir.Join("split"), "--max-steps", "20"});
+    Json resumed =
+        Train(dir, {spec, "--store", dir.Join("split"), "--max-steps", "40", "--resume"});
+    EXPECT_EQ(resumed["steps"], 40);
+    EXPECT_EQ(resumed["state_digest"], whole["state_digest"]);
+  }
+}
+
+// A checkpoint of 2 ranks in 2 pools resumes on 3 ranks in 2 pools, one of
+// them a cloud whose store has never seen the job: it receives the state from
+// its peer and the job goes on where it was.
+TEST(TwoPoolsTest, ResumesOnAnotherLayoutAndANewCloud) {
+  TempDir dir;
+  const std::string before =
+      dir.Write("before.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "none", 10));
+  const std::string after =
+      dir.Write("after.yaml", SpecYaml("mlp", {{"cloud-a", 2}, {"cloud-c", 1}}, "none", 10));
+  Train(dir, {before, "--store", dir.Join("s"), "--max-steps", "20"});
+  RunResult run = RunTandem({"train", after, "--store", dir.Join("s"), "--max-steps", "40",
+                             "--resume", "--certs", dir.Join("certs"), "--output", "json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("cloud-c joins at step 20"));
+  Json resumed = Json::parse(run.LastLine());
+  EXPECT_EQ(resumed["steps"], 40);
+  EXPECT_GT(resumed["test_accuracy"].get<double>(), 0.7);
+  // Both clouds hold the final state, the new one included.
+  EXPECT_EQ(ModelFloats(dir.Join("s/cloud-a"), "two-mlp"),
+            ModelFloats(dir.Join("s/cloud-c"), "two-mlp"));
+}
+
+TEST(TwoPoolsTest, TrainsThroughAnEmulatedWan) {
+  TempDir dir;
+  const std::string spec =
+      dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "int8"));
+  Json direct = Train(dir, {spec, "--store", dir.Join("d"), "--max-steps", "20"});
+  Json wan = Train(dir, {spec, "--store", dir.Join("w"), "--max-steps", "20", "--wan-delay", "10",
+                         "--wan-rate", "100"});
+  // The WAN only delays bytes: the result is the same.
+  EXPECT_EQ(wan["state_digest"], direct["state_digest"]);
+  EXPECT_GT(wan["wall_s"].get<double>(), 20 * 0.020);  // at least one RTT per step
+}
+
+TEST(TwoPoolsTest, PlaintextLinksWhenAsked) {
+  TempDir dir;
+  const std::string spec =
+      dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "fp16"));
+  RunResult run = RunTandem({"train", spec, "--store", dir.Join("s"), "--max-steps", "3",
+                             "--insecure", "--certs", dir.Join("certs"), "--output", "json"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  // No certificates were needed, so none were made.
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("certs")));
+}
+
+}  // namespace
+}  // namespace tandem
