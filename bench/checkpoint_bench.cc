@@ -187,6 +187,7 @@ int main(int argc, char** argv) {
     Check(store.status(), "open");
     std::vector<StoredTensor> live = MakeState(mib, 2);
     AsyncSaver saver(store->get());
+    if (async) saver.Reserve(Views(live));  // as the trainer does when it starts
     checkpoints = 0;
     for (int step = 1; step <= 16; ++step) {
       Compute(work, 0.25);

@@ -33,6 +33,15 @@ void AsyncSaver::Submit(v1::CheckpointManifest manifest, const std::vector<Tenso
   pending_ = Job{std::move(manifest), keep};
 }
 
+void AsyncSaver::Reserve(const std::vector<TensorView>& tensors) {
+  Wait();
+  staging_.resize(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    // resize() value-initialises the bytes, which writes every page once.
+    staging_[i].bytes.resize(tensors[i].bytes);
+  }
+}
+
 void AsyncSaver::Wait() {
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(

@@ -41,6 +41,12 @@ class AsyncSaver {
   void Submit(v1::CheckpointManifest manifest, const std::vector<TensorView>& tensors,
               uint32_t keep);
 
+  // Sizes the staging buffers for a state shaped like `tensors` and touches
+  // their pages, so that the first Submit copies into warm memory instead of
+  // faulting in a fresh copy of the whole state while training waits. Call it
+  // once, before training starts; blocks while a save is in flight.
+  void Reserve(const std::vector<TensorView>& tensors);
+
   // Blocks until no save is in flight.
   void Wait();
 

@@ -2,6 +2,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/iterator.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/snapshot.h>
@@ -9,92 +10,76 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
-#include <array>
+#include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <optional>
-#include <string_view>
 #include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "checkpoint/digest.h"
+#include "checkpoint/store_internal.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
+using store_internal::CheckJob;
+using store_internal::FromRocks;
+using store_internal::HashPrefix;
+using store_internal::kChunksCf;
+using store_internal::kLatestPrefix;
+using store_internal::kManifestFormatVersion;
+using store_internal::kManifestsCf;
+using store_internal::kMarkerKey;
+using store_internal::kPendingPrefix;
+using store_internal::kShaBytes;
+using store_internal::kStoreFormatVersion;
+using store_internal::LatestKey;
+using store_internal::ManifestChunks;
+using store_internal::ManifestKey;
+using store_internal::ManifestPrefix;
+using store_internal::ParseManifestKey;
+using store_internal::PendingKey;
 
-constexpr char kManifestsCf[] = "manifests";
-constexpr char kChunksCf[] = "chunks";
-constexpr char kMarkerKey[] = "tandem-store";
-constexpr char kLatestPrefix[] = "latest/";
-// Version of the store's layout, kept in the marker; bump on an incompatible
-// change so that an older build refuses a newer store instead of misreading it.
-constexpr uint32_t kStoreFormatVersion = 1;
-constexpr uint32_t kManifestFormatVersion = 1;
 // Chunks at least this large go to blob files, so compactions of the chunks
 // column family move 32-byte keys and blob references, not tensor bytes.
 constexpr uint64_t kMinBlobSize = 64 << 10;
-constexpr size_t kStepDigits = 20;  // uint64 max has 20 decimal digits
+// A save's chunks fill memtables of this size; each full one is flushed in
+// the background while the save hashes and writes the next, and the save
+// waits for the last one only. Several, so that writes rarely stall, and two
+// flush threads: a flush is CPU-bound (the blob records' CRC32C is computed in
+// software by this RocksDB build). Smaller memtables would shorten that last
+// wait but make more blob files, and so more compactions and more rounds of
+// blob garbage collection.
+constexpr size_t kChunksWriteBufferBytes = 32 << 20;
+constexpr int kChunksWriteBuffers = 4;
+constexpr int kFlushThreads = 2;
+// Each flush adds a small L0 file (32-byte keys and blob references) and a
+// blob file; compacting every 8 rather than 4 L0 files halves the rounds of
+// blob garbage collection that come with compactions.
+constexpr int kChunksL0CompactionTrigger = 8;
+// Start writeback of flushed files every this many bytes, so that the sync at
+// the end of a flush waits for little.
+constexpr uint64_t kBytesPerSync = 1 << 20;
+// Every this many chunk flushes, the other column families are flushed too.
+// Their data (small commits) comes through the WAL, and each chunk flush
+// starts a new WAL file; a WAL file is kept until every column family holding
+// its data has been flushed.
+constexpr uint32_t kFullFlushInterval = 16;
+// Load and Verify read and hash chunks on this many threads.
+constexpr int kReadThreads = 2;
 constexpr size_t kStepsInMessage = 16;
-
-#define TANDEM_RETURN_IF_ERROR(expr)   \
-  do {                                 \
-    absl::Status _status = (expr);     \
-    if (!_status.ok()) return _status; \
-  } while (0)
-
-// Converts a RocksDB status where it enters our code; `what` says what we were
-// doing, in words a user understands.
-absl::Status FromRocks(const rocksdb::Status& s, const std::string& dir, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  const std::string detail = s.ToString();
-  const std::string msg = absl::StrCat("checkpoint store ", dir, ": ", what, ": ", detail);
-  switch (s.code()) {
-    case rocksdb::Status::kNotFound:
-      return absl::NotFoundError(msg);
-    case rocksdb::Status::kCorruption:
-      return absl::DataLossError(msg);
-    case rocksdb::Status::kInvalidArgument:
-      return absl::InvalidArgumentError(msg);
-    case rocksdb::Status::kNotSupported:
-      return absl::FailedPreconditionError(msg);
-    case rocksdb::Status::kIOError:
-      // RocksDB says "While lock file: DIR/LOCK: ..." when another process
-      // holds the store, "lock hold by current process" when this one does.
-      if (absl::StrContains(detail, "/LOCK") || absl::StrContains(detail, "lock hold by")) {
-        return absl::UnavailableError(absl::StrCat(
-            "checkpoint store ", dir,
-            " is in use by another process (or already open in this one): RocksDB could not "
-            "lock ",
-            dir, "/LOCK; close the other user or open the store read-only (", detail, ")"));
-      }
-      if (s.IsNoSpace()) {
-        return absl::ResourceExhaustedError(absl::StrCat(msg, " (the disk is full)"));
-      }
-      if (s.IsPathNotFound()) return absl::NotFoundError(msg);
-      return absl::InternalError(msg);
-    case rocksdb::Status::kBusy:
-    case rocksdb::Status::kTimedOut:
-    case rocksdb::Status::kTryAgain:
-      return absl::UnavailableError(msg);
-    case rocksdb::Status::kAborted:
-      return absl::AbortedError(msg);
-    case rocksdb::Status::kShutdownInProgress:
-      return absl::CancelledError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
-}
 
 rocksdb::ColumnFamilyOptions ChunksCfOptions() {
   rocksdb::ColumnFamilyOptions o;
@@ -102,55 +87,19 @@ rocksdb::ColumnFamilyOptions ChunksCfOptions() {
   o.compression = rocksdb::kNoCompression;
   o.enable_blob_files = true;
   o.min_blob_size = kMinBlobSize;
+  o.blob_file_size = 256 << 20;
   o.blob_compression_type = rocksdb::kNoCompression;
   // Reclaims the space of chunks that garbage collection deleted.
   o.enable_blob_garbage_collection = true;
+  o.write_buffer_size = kChunksWriteBufferBytes;
+  o.max_write_buffer_number = kChunksWriteBuffers;
+  o.level0_file_num_compaction_trigger = kChunksL0CompactionTrigger;
   return o;
 }
 
 rocksdb::ColumnFamilyOptions CfOptionsFor(const std::string& name) {
   if (name == kChunksCf) return ChunksCfOptions();
   return rocksdb::ColumnFamilyOptions();
-}
-
-absl::Status CheckJob(const std::string& job) {
-  if (job.empty()) return absl::InvalidArgumentError("checkpoint job name is empty");
-  // '/' separates the job from the step in manifest keys; job "a" must not
-  // see the checkpoints of job "a/b".
-  if (job.find('/') != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint job name \"", job, "\" contains '/', which is not allowed"));
-  }
-  return absl::OkStatus();
-}
-
-std::string ManifestPrefix(const std::string& job) { return job + "/"; }
-
-std::string ManifestKey(const std::string& job, uint64_t step) {
-  return absl::StrFormat("%s/%020d", job, step);
-}
-
-std::string LatestKey(const std::string& job) { return kLatestPrefix + job; }
-
-bool ParseManifestKey(const rocksdb::Slice& key, std::string* job, uint64_t* step) {
-  const absl::string_view k(key.data(), key.size());
-  const size_t slash = k.rfind('/');
-  if (slash == absl::string_view::npos || slash == 0 || k.size() - slash - 1 != kStepDigits) {
-    return false;
-  }
-  const absl::string_view digits = k.substr(slash + 1);
-  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return false;
-  }
-  if (!absl::SimpleAtoi(digits, step)) return false;
-  job->assign(k.data(), slash);
-  return true;
-}
-
-std::string HashPrefix(const std::string& sha256) {
-  const std::string hex =
-      ToHex(reinterpret_cast<const uint8_t*>(sha256.data()), std::min<size_t>(sha256.size(), 6));
-  return hex + "...";
 }
 
 std::string StepsText(const std::vector<uint64_t>& steps) {
@@ -165,6 +114,83 @@ int64_t NowUnixMs() {
       .count();
 }
 
+// Keeps RocksDB from recovering by itself from a background error (a full
+// disk during a flush, say; by default it waits for free space and flushes
+// again): the store takes no more writes after one failed until reopened, and
+// a Save whose flush failed must say so, not race RocksDB's retry of it.
+class NoAutoRecovery : public rocksdb::EventListener {
+ public:
+  const char* Name() const override { return "tandem.NoAutoRecovery"; }
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason reason, rocksdb::Status bg_error,
+                            bool* auto_recovery) override {
+    *auto_recovery = false;
+  }
+};
+
+// A thread joined when it goes out of scope (say, on an early return).
+class ScopedThread {
+ public:
+  template <typename F>
+  explicit ScopedThread(F&& f) : thread_(std::forward<F>(f)) {}
+  ~ScopedThread() { Join(); }
+  ScopedThread(const ScopedThread&) = delete;
+  ScopedThread& operator=(const ScopedThread&) = delete;
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::thread thread_;
+};
+
+// Borrowed bytes of one chunk of a tensor being saved.
+struct ChunkSpan {
+  const char* data;
+  size_t size;
+};
+
+// Hashes chunks in order on its own thread, so that Save writes chunk i while
+// later ones are being hashed. The destructor stops hashing and joins.
+class ChunkHasher {
+ public:
+  explicit ChunkHasher(const std::vector<ChunkSpan>* spans)
+      : spans_(spans), digests_(spans->size()), thread_([this] { Run(); }) {}
+  ~ChunkHasher() {
+    stop_.store(true, std::memory_order_relaxed);
+    thread_.Join();
+  }
+  ChunkHasher(const ChunkHasher&) = delete;
+  ChunkHasher& operator=(const ChunkHasher&) = delete;
+
+  // The SHA-256 of chunk `i`, waiting until it is known.
+  std::string Key(size_t i) {
+    absl::MutexLock lock(&mu_);
+    while (hashed_ <= i) cv_.Wait(&mu_);
+    return std::string(reinterpret_cast<const char*>(digests_[i].data()), digests_[i].size());
+  }
+
+ private:
+  void Run() {
+    Sha256 sha;
+    for (size_t i = 0; i < spans_->size() && !stop_.load(std::memory_order_relaxed); ++i) {
+      sha.Update((*spans_)[i].data, (*spans_)[i].size);
+      const Sha256Digest digest = sha.Finish();
+      absl::MutexLock lock(&mu_);
+      digests_[i] = digest;
+      hashed_ = i + 1;
+      cv_.Signal();
+    }
+  }
+
+  const std::vector<ChunkSpan>* const spans_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::vector<Sha256Digest> digests_ ABSL_GUARDED_BY(mu_);
+  size_t hashed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<bool> stop_{false};
+  ScopedThread thread_;  // last: starts once the members above exist
+};
+
 }  // namespace
 
 CheckpointStore::CheckpointStore(std::string dir, CheckpointStoreOptions options)
@@ -177,8 +203,8 @@ CheckpointStore::~CheckpointStore() {
     db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
   }
   handles_.clear();
-  // Every write was synced, so a failed close loses nothing; there is no
-  // caller left to tell.
+  // Every commit was synced (and the chunks it references flushed), so a
+  // failed close loses nothing; there is no caller left to tell.
   db_->Close().PermitUncheckedError();
 }
 
@@ -222,6 +248,10 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(
 
   rocksdb::DBOptions db_options;
   db_options.keep_log_file_num = 5;
+  db_options.bytes_per_sync = kBytesPerSync;
+  db_options.max_background_flushes = kFlushThreads;
+  db_options.listeners.push_back(std::make_shared<NoAutoRecovery>());
+  db_options.max_bgerror_resume_count = 0;  // nor retry after a retryable I/O error
   if (options.env != nullptr) db_options.env = options.env.get();
   std::vector<std::string> cf_names;
   if (has_db) {
@@ -308,6 +338,9 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(
         "use a newer tandem",
         dir, version, kStoreFormatVersion));
   }
+  // Before the caller can start a save or serve a replication push, so that
+  // no chunk dropped here is one that a save or push in progress relies on.
+  if (!options.read_only) TANDEM_RETURN_IF_ERROR(store->DropUncommittedChunks());
   return store;
 }
 
@@ -337,50 +370,82 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
     }
   }
 
-  // Hashing is the expensive part and needs no lock.
-  struct Chunk {
-    std::string key;
-    rocksdb::Slice bytes;
-  };
-  std::vector<Chunk> chunks;  // distinct, in first-use order
-  std::unordered_set<std::string> chunk_keys;
+  std::vector<ChunkSpan> spans;  // in manifest order
+  for (const TensorView& t : tensors) {
+    const char* data = static_cast<const char*>(t.data);
+    for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes) {
+      spans.push_back({data + offset, std::min(options_.chunk_bytes, t.bytes - offset)});
+    }
+  }
+  // Hashing is the expensive part, done twice over every byte: the state
+  // digest (one SHA-256 over everything, so it cannot be split) on one
+  // thread, the chunk keys on another, while this thread writes each chunk
+  // as soon as its key is known.
+  std::string state_digest;
+  ScopedThread digest_thread([&state_digest, &tensors] { state_digest = StateDigest(tensors); });
+  ChunkHasher hasher(&spans);
+
+  const std::string what = absl::StrFormat("committing checkpoint of job %s step %d", job, step);
+  absl::MutexLock lock(&save_mu_);
   manifest.clear_tensors();
   uint64_t total_bytes = 0;
-  Sha256 sha;
+  std::unordered_set<std::string> chunk_keys;
+  bool wrote = false;
+  size_t next = 0;
+  const rocksdb::ReadOptions read = store_internal::ChunkReadOptions();
   for (const TensorView& t : tensors) {
     v1::TensorRecord* record = manifest.add_tensors();
     record->set_name(t.name);
     record->set_dtype(t.dtype);
     for (int64_t d : t.shape) record->add_shape(d);
-    const char* data = static_cast<const char*>(t.data);
-    for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes) {
-      const size_t size = std::min(options_.chunk_bytes, t.bytes - offset);
-      sha.Update(data + offset, size);
-      const Sha256Digest digest = sha.Finish();
-      std::string key(reinterpret_cast<const char*>(digest.data()), digest.size());
+    for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes, ++next) {
+      const rocksdb::Slice bytes(spans[next].data, spans[next].size);
+      std::string key = hasher.Key(next);
       v1::ChunkRef* ref = record->add_chunks();
       ref->set_sha256(key);
-      ref->set_size(size);
-      if (chunk_keys.insert(key).second) {
-        chunks.push_back({std::move(key), rocksdb::Slice(data + offset, size)});
+      ref->set_size(bytes.size());
+      if (!chunk_keys.insert(key).second) continue;
+      // A chunk the store lacks costs a lookup; one it has is read whole and
+      // compared. A stored chunk that is unreadable or whose bytes differ from
+      // the ones that hash to its key is damaged; writing it again repairs it
+      // for every checkpoint that shares it, instead of this one inheriting
+      // the damage. Only reading the bytes finds that, so no index of chunk
+      // keys would spare the read (nor would KeyMayExist: in RocksDB 7.8 it
+      // runs the same lookup and copies the value).
+      rocksdb::PinnableSlice value;
+      const rocksdb::Status s = db_->Get(read, chunks_cf(), key, &value);
+      if (s.ok() && value == bytes) continue;
+      if (!s.ok() && !s.IsNotFound() && !s.IsCorruption()) {
+        return FromRocks(s, dir_, "checking which chunks are already stored");
       }
+      value.Reset();
+      // Outside the WAL (the bytes would be written twice), with its pending
+      // marker in the same batch, hence in the same memtable and flush.
+      const std::string marker = PendingKey(key);
+      rocksdb::WriteBatch batch(key.size() + marker.size() + bytes.size() + 64);
+      batch.Put(chunks_cf(), key, bytes);
+      batch.Put(chunks_cf(), marker, rocksdb::Slice());
+      TANDEM_RETURN_IF_ERROR(WriteUnlogged(&batch, absl::StrCat(what, ": writing a chunk")));
+      pending_.insert(std::move(key));
+      wrote = true;
     }
     total_bytes += t.bytes;
   }
+  // The chunks are on disk before the manifest that references them commits.
+  if (wrote) TANDEM_RETURN_IF_ERROR(FlushChunks(absl::StrCat(what, ": flushing its chunks")));
+  digest_thread.Join();
   manifest.set_format_version(kManifestFormatVersion);
   manifest.set_total_bytes(total_bytes);
-  manifest.set_state_digest(StateDigest(tensors));
+  manifest.set_state_digest(state_digest);
   manifest.set_created_unix_ms(NowUnixMs());
-  std::string manifest_bytes;
-  if (!manifest.SerializeToString(&manifest_bytes)) {
-    return absl::InternalError(
-        absl::StrFormat("cannot serialize the manifest of job %s step %d", job, step));
-  }
+  return CommitCheckpoint(manifest, keep, what);
+}
 
-  absl::MutexLock lock(&save_mu_);
-  rocksdb::WriteBatch batch;
+absl::Status CheckpointStore::AddRetention(const v1::CheckpointManifest& manifest, uint32_t keep,
+                                           rocksdb::WriteBatch* batch) {
+  const std::string& job = manifest.job();
+  const uint64_t step = manifest.step();
   const rocksdb::ReadOptions read;
-
   // This job's other checkpoints, and the chunks that may become unreferenced:
   // those of a checkpoint replaced at the same step or dropped by retention.
   struct Existing {
@@ -390,21 +455,14 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   };
   std::vector<Existing> existing;
   std::unordered_set<std::string> candidates;
-  auto manifest_chunks = [](const v1::CheckpointManifest& m) {
-    std::vector<std::string> keys;
-    for (const v1::TensorRecord& t : m.tensors()) {
-      for (const v1::ChunkRef& c : t.chunks()) keys.push_back(c.sha256());
-    }
-    return keys;
-  };
   auto bad_manifest = [this](const rocksdb::Slice& key) {
     return absl::DataLossError(absl::StrCat(
         "checkpoint store ", dir_, ": manifest \"", absl::CHexEscape(key.ToString()),
-        "\" does not parse; refusing to save, since garbage collection cannot know which "
+        "\" does not parse; refusing to commit, since garbage collection cannot know which "
         "chunks it references"));
   };
+  const std::string prefix = ManifestPrefix(job);
   {
-    const std::string prefix = ManifestPrefix(job);
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, manifests_cf()));
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
       std::string key_job;
@@ -415,16 +473,16 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
         return bad_manifest(it->key());
       }
       if (key_step == step) {
-        for (std::string& c : manifest_chunks(m)) candidates.insert(std::move(c));
+        for (std::string& c : ManifestChunks(m)) candidates.insert(std::move(c));
       } else {
-        existing.push_back({key_step, m.tags_size() > 0, manifest_chunks(m)});
+        existing.push_back({key_step, m.tags_size() > 0, ManifestChunks(m)});
       }
     }
     TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "reading the job's manifests"));
   }
 
-  // Retention: the checkpoint being saved is the newest, whatever its step (a
-  // job rolled back to an older step keeps what it saves next).
+  // The checkpoint being committed is the newest, whatever its step (a job
+  // rolled back to an older step keeps what it saves next).
   std::vector<const Existing*> kept;
   if (keep > 0) {
     uint32_t slots = manifest.tags_size() > 0 ? keep : keep - 1;
@@ -436,57 +494,106 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
         kept.push_back(&e);
         continue;
       }
-      batch.Delete(manifests_cf(), ManifestKey(job, e.step));
+      batch->Delete(manifests_cf(), ManifestKey(job, e.step));
       for (const std::string& c : e.chunks) candidates.insert(c);
     }
   } else {
     for (const Existing& e : existing) kept.push_back(&e);
   }
 
-  if (!candidates.empty()) {
-    for (const std::string& c : chunk_keys) candidates.erase(c);
-    for (const Existing* e : kept) {
-      for (const std::string& c : e->chunks) candidates.erase(c);
-    }
-    const std::string own_prefix = ManifestPrefix(job);
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, manifests_cf()));
-    for (it->SeekToFirst(); it->Valid() && !candidates.empty(); it->Next()) {
-      if (it->key().starts_with(own_prefix)) continue;
-      v1::CheckpointManifest m;
-      if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return bad_manifest(it->key());
-      }
-      for (const v1::TensorRecord& t : m.tensors()) {
-        for (const v1::ChunkRef& c : t.chunks()) candidates.erase(c.sha256());
-      }
-    }
-    TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "reading manifests"));
-    for (const std::string& c : candidates) batch.Delete(chunks_cf(), c);
+  for (const std::string& c : ManifestChunks(manifest)) candidates.erase(c);
+  for (const Existing* e : kept) {
+    for (const std::string& c : e->chunks) candidates.erase(c);
   }
+  // A chunk a push wrote for a manifest still to come must stay.
+  for (auto c = candidates.begin(); c != candidates.end();) {
+    c = pending_.count(*c) > 0 ? candidates.erase(c) : std::next(c);
+  }
+  if (candidates.empty()) return absl::OkStatus();
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, manifests_cf()));
+  for (it->SeekToFirst(); it->Valid() && !candidates.empty(); it->Next()) {
+    if (it->key().starts_with(prefix)) continue;
+    v1::CheckpointManifest m;
+    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return bad_manifest(it->key());
+    }
+    for (const v1::TensorRecord& t : m.tensors()) {
+      for (const v1::ChunkRef& c : t.chunks()) candidates.erase(c.sha256());
+    }
+  }
+  TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "reading manifests"));
+  for (const std::string& c : candidates) batch->Delete(chunks_cf(), c);
+  return absl::OkStatus();
+}
 
-  // KeyMayExist would not help: in RocksDB 7.8 it runs the same lookup
-  // (limited to cached blocks) and copies the value out.
-  for (const Chunk& c : chunks) {
-    rocksdb::PinnableSlice value;
-    rocksdb::Status s = db_->Get(read, chunks_cf(), c.key, &value);
-    // A stored chunk that is unreadable or whose bytes differ from the ones
-    // that hash to its key is damaged; writing it again repairs it for every
-    // checkpoint that shares it, instead of this one inheriting the damage.
-    if (s.IsNotFound() || s.IsCorruption() || (s.ok() && value != c.bytes)) {
-      batch.Put(chunks_cf(), c.key, c.bytes);
-    } else if (!s.ok()) {
-      return FromRocks(s, dir_, "checking which chunks are already stored");
-    }
+absl::StatusOr<v1::CheckpointManifest> CheckpointStore::CommitCheckpoint(
+    const v1::CheckpointManifest& manifest, uint32_t keep, const std::string& what) {
+  const std::string& job = manifest.job();
+  const uint64_t step = manifest.step();
+  std::string manifest_bytes;
+  if (!manifest.SerializeToString(&manifest_bytes)) {
+    return absl::InternalError(
+        absl::StrFormat("cannot serialize the manifest of job %s step %d", job, step));
   }
+  rocksdb::WriteBatch batch;
+  TANDEM_RETURN_IF_ERROR(AddRetention(manifest, keep, &batch));
   batch.Put(manifests_cf(), ManifestKey(job, step), manifest_bytes);
   batch.Put(default_cf(), LatestKey(job), absl::StrCat(step));
-
-  TANDEM_RETURN_IF_ERROR(
-      Commit(&batch, absl::StrFormat("committing checkpoint of job %s step %d", job, step)));
+  std::unordered_set<std::string> settled;
+  for (std::string& key : ManifestChunks(manifest)) {
+    if (pending_.count(key) == 0) continue;
+    const std::string marker = PendingKey(key);
+    if (settled.insert(std::move(key)).second) batch.Delete(chunks_cf(), marker);
+  }
+  TANDEM_RETURN_IF_ERROR(Commit(&batch, what));
+  for (const std::string& key : settled) pending_.erase(key);
   return manifest;
 }
 
-absl::Status CheckpointStore::Commit(rocksdb::WriteBatch* batch, const std::string& what) {
+absl::Status CheckpointStore::DropUncommittedChunks() {
+  std::unordered_set<std::string> pending;
+  {
+    const std::string bound = store_internal::PendingUpperBound();
+    const rocksdb::Slice upper(bound);
+    rocksdb::ReadOptions read;
+    // Stops the iterator before it loads the blob of the chunk after the last
+    // marker: this costs a seek, not a read of the chunks.
+    read.iterate_upper_bound = &upper;
+    constexpr size_t kPrefixBytes = sizeof(kPendingPrefix) - 1;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, chunks_cf()));
+    for (it->Seek(kPendingPrefix); it->Valid(); it->Next()) {
+      const rocksdb::Slice key = it->key();
+      if (key.size() == kPrefixBytes + kShaBytes && key.starts_with(kPendingPrefix)) {
+        pending.emplace(key.data() + kPrefixBytes, kShaBytes);
+      }
+    }
+    TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "listing uncommitted chunks"));
+  }
+  if (pending.empty()) return absl::OkStatus();
+
+  std::unordered_set<std::string> unreferenced = pending;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), manifests_cf()));
+  for (it->SeekToFirst(); it->Valid() && !unreferenced.empty(); it->Next()) {
+    v1::CheckpointManifest m;
+    // Which chunks a damaged manifest references is unknown: keep them all
+    // (Verify reports the damage).
+    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::OkStatus();
+    }
+    for (const v1::TensorRecord& t : m.tensors()) {
+      for (const v1::ChunkRef& c : t.chunks()) unreferenced.erase(c.sha256());
+    }
+  }
+  TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "reading manifests"));
+  rocksdb::WriteBatch batch;
+  for (const std::string& key : pending) batch.Delete(chunks_cf(), PendingKey(key));
+  for (const std::string& key : unreferenced) batch.Delete(chunks_cf(), key);
+  return Commit(&batch, absl::StrFormat("dropping %d chunks that no checkpoint committed",
+                                        unreferenced.size()));
+}
+
+absl::Status CheckpointStore::GuardedWrite(const std::string& what,
+                                           const std::function<rocksdb::Status()>& write) {
   absl::MutexLock lock(&commit_mu_);
   if (!write_failure_.ok()) {
     return absl::FailedPreconditionError(
@@ -494,11 +601,33 @@ absl::Status CheckpointStore::Commit(rocksdb::WriteBatch* batch, const std::stri
                      write_failure_.message(),
                      "); reopen the store, which keeps every checkpoint committed before"));
   }
-  rocksdb::WriteOptions write;
-  write.sync = true;
-  absl::Status status = FromRocks(db_->Write(write, batch), dir_, what);
+  absl::Status status = FromRocks(write(), dir_, what);
   if (!status.ok()) write_failure_ = status;
   return status;
+}
+
+absl::Status CheckpointStore::Commit(rocksdb::WriteBatch* batch, const std::string& what) {
+  rocksdb::WriteOptions write;
+  write.sync = true;
+  return GuardedWrite(what, [&] { return db_->Write(write, batch); });
+}
+
+absl::Status CheckpointStore::WriteUnlogged(rocksdb::WriteBatch* batch, const std::string& what) {
+  rocksdb::WriteOptions write;
+  write.disableWAL = true;
+  return GuardedWrite(what, [&] { return db_->Write(write, batch); });
+}
+
+absl::Status CheckpointStore::FlushChunks(const std::string& what) {
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs = {chunks_cf()};
+  if (++flushes_since_full_flush_ >= kFullFlushInterval) {
+    cfs.push_back(manifests_cf());
+    cfs.push_back(default_cf());
+    flushes_since_full_flush_ = 0;
+  }
+  rocksdb::FlushOptions flush;
+  flush.wait = true;
+  return GuardedWrite(what, [&] { return db_->Flush(flush, cfs); });
 }
 
 absl::StatusOr<uint64_t> CheckpointStore::ReadLatest(const rocksdb::Snapshot* snapshot,
@@ -588,58 +717,111 @@ absl::Status CheckpointStore::ReadChunks(const rocksdb::Snapshot* snapshot,
                                          const v1::CheckpointManifest& manifest,
                                          std::vector<StoredTensor>* tensors,
                                          IntactChunks* intact) const {
-  rocksdb::ReadOptions read;
-  read.snapshot = snapshot;
-  read.verify_checksums = true;
-  if (tensors != nullptr) tensors->reserve(tensors->size() + manifest.tensors_size());
-  for (const v1::TensorRecord& record : manifest.tensors()) {
-    StoredTensor tensor;
+  // The chunks to read, in manifest order; with `tensors`, each one's place.
+  struct Item {
+    int tensor;
+    int chunk;
+    uint64_t offset;
+  };
+  std::vector<Item> items;
+  std::vector<StoredTensor> loaded;
+  IntactChunks queued;  // with `intact`: a chunk used twice is read once
+  for (int t = 0; t < manifest.tensors_size(); ++t) {
+    const v1::TensorRecord& record = manifest.tensors(t);
+    uint64_t offset = 0;
+    for (int i = 0; i < record.chunks_size(); ++i) {
+      const v1::ChunkRef& ref = record.chunks(i);
+      if (intact != nullptr) {
+        auto done = intact->sizes.find(ref.sha256());
+        if (done != intact->sizes.end() && done->second == ref.size()) continue;
+        auto [it, inserted] = queued.sizes.emplace(ref.sha256(), ref.size());
+        if (!inserted && it->second == ref.size()) continue;
+      }
+      items.push_back({t, i, offset});
+      offset += ref.size();
+    }
     if (tensors != nullptr) {
+      StoredTensor& tensor = loaded.emplace_back();
       tensor.name = record.name();
       tensor.dtype = record.dtype();
       tensor.shape.assign(record.shape().begin(), record.shape().end());
-      uint64_t bytes = 0;
-      for (const v1::ChunkRef& ref : record.chunks()) bytes += ref.size();
-      tensor.bytes.reserve(bytes);
+      tensor.bytes.resize(offset);
     }
-    for (int i = 0; i < record.chunks_size(); ++i) {
-      const v1::ChunkRef& ref = record.chunks(i);
-      auto damaged = [&](absl::string_view what) {
-        return absl::DataLossError(absl::StrFormat(
-            "checkpoint of job %s at step %d in %s is damaged: tensor %s, chunk %d of %d (%s) %s",
-            manifest.job(), manifest.step(), dir_, record.name(), i + 1, record.chunks_size(),
-            HashPrefix(ref.sha256()), what));
-      };
-      if (ref.sha256().size() != std::tuple_size<Sha256Digest>::value) {
-        return damaged("has a malformed hash in the manifest");
-      }
-      if (intact != nullptr) {
-        auto it = intact->sizes.find(ref.sha256());
-        if (it != intact->sizes.end() && it->second == ref.size()) continue;
-      }
-      rocksdb::PinnableSlice value;
-      rocksdb::Status s = db_->Get(read, chunks_cf(), ref.sha256(), &value);
-      if (s.IsNotFound()) return damaged("is missing");
-      if (s.IsCorruption()) {
-        return damaged(absl::StrCat("cannot be read: ", s.ToString()));
-      }
-      TANDEM_RETURN_IF_ERROR(FromRocks(s, dir_,
-                                       absl::StrFormat("reading chunk %s of tensor %s",
-                                                       HashPrefix(ref.sha256()), record.name())));
-      if (value.size() != ref.size()) {
-        return damaged(
-            absl::StrFormat("has %d bytes, the manifest says %d", value.size(), ref.size()));
-      }
-      const Sha256Digest digest = Sha256Of(value.data(), value.size());
-      if (std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()) !=
-          ref.sha256()) {
-        return damaged(absl::StrCat("fails its SHA-256 check (its bytes hash to ",
-                                    ToHex(digest.data(), 6), "...)"));
-      }
-      if (tensors != nullptr) tensor.bytes.append(value.data(), value.size());
-      if (intact != nullptr) intact->sizes.emplace(ref.sha256(), ref.size());
+  }
+
+  const rocksdb::ReadOptions read = store_internal::ChunkReadOptions(snapshot);
+  auto read_one = [&](const Item& item, rocksdb::PinnableSlice* value) -> absl::Status {
+    const v1::TensorRecord& record = manifest.tensors(item.tensor);
+    const v1::ChunkRef& ref = record.chunks(item.chunk);
+    auto damaged = [&](absl::string_view what) {
+      return absl::DataLossError(absl::StrFormat(
+          "checkpoint of job %s at step %d in %s is damaged: tensor %s, chunk %d of %d (%s) %s",
+          manifest.job(), manifest.step(), dir_, record.name(), item.chunk + 1,
+          record.chunks_size(), HashPrefix(ref.sha256()), what));
+    };
+    if (ref.sha256().size() != kShaBytes) return damaged("has a malformed hash in the manifest");
+    value->Reset();
+    rocksdb::Status s = db_->Get(read, chunks_cf(), ref.sha256(), value);
+    if (s.IsNotFound()) return damaged("is missing");
+    if (s.IsCorruption()) return damaged(absl::StrCat("cannot be read: ", s.ToString()));
+    TANDEM_RETURN_IF_ERROR(FromRocks(
+        s, dir_,
+        absl::StrFormat("reading chunk %s of tensor %s", HashPrefix(ref.sha256()), record.name())));
+    if (value->size() != ref.size()) {
+      return damaged(
+          absl::StrFormat("has %d bytes, the manifest says %d", value->size(), ref.size()));
     }
-    if (tensors != nullptr) tensors->push_back(std::move(tensor));
+    const Sha256Digest digest = Sha256Of(value->data(), value->size());
+    if (std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()) !=
+        ref.sha256()) {
+      return damaged(absl::StrCat("fails its SHA-256 check (its bytes hash to ",
+                                  ToHex(digest.data(), 6), "...)"));
+    }
+    if (tensors != nullptr && value->size() > 0) {
+      std::memcpy(loaded[item.tensor].bytes.data() + item.offset, value->data(), value->size());
+    }
+    return absl::OkStatus();
+  };
+
+  // Workers take items in order; once one fails, items after it are not
+  // started, and the first failure in manifest order is the one reported.
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> first_failure{items.size()};
+  std::vector<absl::Status> failures(items.size());
+  std::vector<char> verified(items.size(), 0);
+  auto work = [&] {
+    rocksdb::PinnableSlice value;
+    for (size_t n = next.fetch_add(1); n < items.size(); n = next.fetch_add(1)) {
+      if (n > first_failure.load()) return;
+      absl::Status s = read_one(items[n], &value);
+      if (s.ok()) {
+        verified[n] = 1;
+        continue;
+      }
+      failures[n] = std::move(s);
+      size_t seen = first_failure.load();
+      while (n < seen && !first_failure.compare_exchange_weak(seen, n)) {
+      }
+    }
+  };
+  {
+    std::optional<ScopedThread> helpers[kReadThreads - 1];
+    for (int h = 0; h + 1 < kReadThreads && static_cast<size_t>(h + 1) < items.size(); ++h) {
+      helpers[h].emplace(work);
+    }
+    work();
+  }
+  if (intact != nullptr) {
+    for (size_t n = 0; n < items.size(); ++n) {
+      if (!verified[n]) continue;
+      const v1::ChunkRef& ref = manifest.tensors(items[n].tensor).chunks(items[n].chunk);
+      intact->sizes.emplace(ref.sha256(), ref.size());
+    }
+  }
+  if (first_failure.load() < items.size()) return failures[first_failure.load()];
+  if (tensors != nullptr) {
+    tensors->reserve(tensors->size() + loaded.size());
+    for (StoredTensor& t : loaded) tensors->push_back(std::move(t));
   }
   return absl::OkStatus();
 }
@@ -832,11 +1014,11 @@ absl::StatusOr<std::vector<v1::CheckpointInfo>> CheckpointStore::List(
 absl::StatusOr<uint64_t> CheckpointStore::CountChunks() const {
   uint64_t count = 0;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), chunks_cf()));
-  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (store_internal::IsChunkKey(it->key())) ++count;  // not a pending marker
+  }
   TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "counting chunks"));
   return count;
 }
 
 }  // namespace tandem
-
-#undef TANDEM_RETURN_IF_ERROR

@@ -3,25 +3,34 @@
 // Layout: column family "manifests" maps "JOB/STEP(20 digits)" to a
 // CheckpointManifest; column family "chunks" maps a 32-byte SHA-256 to the
 // chunk's bytes (content-addressed, so a chunk already present is not written
-// again); the default column family holds "latest/JOB" -> step and a
-// "tandem-store" marker that says the database is ours. A checkpoint commits in
-// one synced WriteBatch that writes its new chunks, its manifest and moves
-// `latest`, so a crash mid-save leaves the previous checkpoint intact.
+// again; large values live in blob files); the default column family holds
+// "latest/JOB" -> step and a "tandem-store" marker that says the database is
+// ours.
+//
+// Save writes the chunks the store lacks outside the WAL and flushes them to
+// disk (synced), then commits the manifest, the move of `latest` and the
+// retention deletes in one small synced WriteBatch: a crash mid-save leaves
+// the previous checkpoint intact, and the chunks of a save that did not commit
+// are dropped at the next writable Open, before the store serves anything.
 //
 // One process opens a store for writing at a time (RocksDB's lock); a second
 // Open fails with a message that says the store is locked. Methods are
-// thread-safe. Every tensor chunk's SHA-256 is verified on Load (and Verify,
-// LoadLatestValid). After a write fails (e.g. the disk is full) the store
-// takes no more writes until reopened; reads go on.
+// thread-safe; Save hashes on helper threads while it writes, and Load and
+// Verify read chunks on two threads. Every tensor chunk's SHA-256 is verified
+// on Load (and Verify, LoadLatestValid). After a write fails (e.g. the disk is
+// full) the store takes no more writes until reopened; reads go on.
 #ifndef TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 #define TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -32,6 +41,7 @@ class DB;
 class ColumnFamilyHandle;
 class Env;
 class Snapshot;
+class Status;
 class WriteBatch;
 }  // namespace rocksdb
 
@@ -91,6 +101,8 @@ class CheckpointStore {
   // The checkpoint just saved counts as the newest even when its step is lower
   // (a job rolled back), so retention never drops what was just written; the
   // retention deletes commit in the same synced WriteBatch as the checkpoint.
+  // Chunks that a replication push wrote and no manifest references yet are
+  // not dropped.
   // InvalidArgument for an empty job, a job containing '/', or a tensor without
   // a name, with a duplicate name, or with bytes but no data;
   // FailedPrecondition on a read-only store or once a write has failed;
@@ -146,6 +158,8 @@ class CheckpointStore {
 
   // Number of chunks in the store. Walks the whole chunks column family
   // (reading every value), so it is for tests and tools, not the save path.
+  // Counts chunks left by a save that did not commit until a writable Open
+  // drops them.
   absl::StatusOr<uint64_t> CountChunks() const;
 
   const std::string& dir() const { return dir_; }
@@ -169,9 +183,11 @@ class CheckpointStore {
   // Stores (sha256, bytes) pairs in one synced WriteBatch after checking that
   // each one's bytes hash to its key; InvalidArgument naming the first that
   // does not, and then nothing is written. Chunks no committed manifest
-  // references yet (a push cut short) stay until a later CommitManifest uses
-  // them; garbage collection only drops chunks of dropped checkpoints.
-  // FailedPrecondition on a read-only store.
+  // references yet (a push cut short) stay, kept from garbage collection,
+  // until a CommitManifest (or Save) references them or the store is closed:
+  // the next writable Open drops them, so a push interrupted by the
+  // receiver's restart sends them again. FailedPrecondition on a read-only
+  // store or once a write has failed.
   absl::Status WriteChunks(const std::vector<std::pair<std::string, std::string>>& chunks);
 
   // Commits a manifest that another store's Save made, its chunks already
@@ -207,20 +223,47 @@ class CheckpointStore {
                                                   const std::string& job) const;
   // Chunks (hash -> size) found intact under one snapshot; defined in the .cc.
   struct IntactChunks;
-  // Reads every chunk `manifest` references under `snapshot`, checking size
-  // and SHA-256; appends the tensors to `tensors` unless it is null. Chunks in
-  // `intact` (may be null; only when `tensors` is null) are not read again,
-  // and the ones found intact are added to it.
+  // Reads every chunk `manifest` references under `snapshot` (on two
+  // threads), checking size and SHA-256; appends the tensors to `tensors`
+  // unless it is null. Of several damaged chunks, names the first in manifest
+  // order. Chunks in `intact` (may be null; only when `tensors` is null) are
+  // not read again, and the ones found intact are added to it.
   absl::Status ReadChunks(const rocksdb::Snapshot* snapshot, const v1::CheckpointManifest& manifest,
                           std::vector<StoredTensor>* tensors, IntactChunks* intact) const;
   absl::StatusOr<Checkpoint> LoadUnder(const rocksdb::Snapshot* snapshot, const std::string& job,
                                        std::optional<uint64_t> step) const;
-  // Writes `batch`, synced; `what` names it in errors. Every write to db_
-  // after Open goes through here: once one fails, RocksDB's WAL writer must
-  // not be written again (RocksDB 7.8 asserts after ENOSPC, or repeats the old
-  // error), so every later call fails with FailedPrecondition saying to reopen
-  // the store. Reads keep working.
+  // Adds to `batch` what committing `manifest` as its job's newest checkpoint
+  // implies: drop the job's checkpoints beyond the newest `keep` (untagged
+  // ones only; 0 keeps all) and the chunks that only dropped or replaced
+  // checkpoints referenced, except pending ones (see pending_).
+  absl::Status AddRetention(const v1::CheckpointManifest& manifest, uint32_t keep,
+                            rocksdb::WriteBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(save_mu_);
+  // Commits `manifest`, whose chunks are all durably stored, as its job's
+  // newest checkpoint with retention `keep`: one synced WriteBatch writes it,
+  // moves `latest`, applies AddRetention and deletes the pending markers of
+  // the chunks it references. Save and CommitManifest end here.
+  absl::StatusOr<v1::CheckpointManifest> CommitCheckpoint(const v1::CheckpointManifest& manifest,
+                                                          uint32_t keep, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(save_mu_);
+  // At a writable Open: drops the chunks that pending markers name and no
+  // manifest references (a save or push that did not commit), then the
+  // markers. Leaves them all if a manifest does not parse.
+  absl::Status DropUncommittedChunks();
+
+  // Every write to db_ after Open goes through here; `what` names it in
+  // errors. Once one fails, RocksDB must not be written again (7.8 asserts in
+  // its WAL writer after ENOSPC, or repeats the old error; a failed flush
+  // stops the database), so every later call fails with FailedPrecondition
+  // saying to reopen the store. Reads keep working.
+  absl::Status GuardedWrite(const std::string& what, const std::function<rocksdb::Status()>& write);
+  // Writes `batch` through the WAL, synced.
   absl::Status Commit(rocksdb::WriteBatch* batch, const std::string& what);
+  // Writes `batch` (chunks and their pending markers) to the memtable only,
+  // not the WAL: durable once FlushChunks has returned.
+  absl::Status WriteUnlogged(rocksdb::WriteBatch* batch, const std::string& what);
+  // Flushes the chunks column family and waits until its files are synced
+  // and recorded in RocksDB's MANIFEST.
+  absl::Status FlushChunks(const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(save_mu_);
 
   std::string dir_;
   CheckpointStoreOptions options_;
@@ -228,11 +271,19 @@ class CheckpointStore {
   // default, manifests, chunks, then any other column family the database
   // has (RocksDB must open them all; we never touch them).
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  // Serializes Saves: each one reads which chunks exist and which manifests
-  // reference them, then commits; a concurrent Save's garbage collection must
-  // not delete a chunk this one decided it need not write.
+  // Serializes Saves, WriteChunks and CommitManifests: each one reads which
+  // chunks exist and which manifests reference them, then commits; a
+  // concurrent Save's garbage collection must not delete a chunk this one
+  // decided it need not write.
   absl::Mutex save_mu_;
-  // Held across each write in Commit, so that none starts after one failed.
+  // Chunks written since Open whose pending markers are still stored: a
+  // Save's until it commits, a push's until a commit references them. Garbage
+  // collection keeps them (a push may be about to commit them).
+  std::unordered_set<std::string> pending_ ABSL_GUARDED_BY(save_mu_);
+  // Chunk flushes since the last one that also flushed the other column
+  // families, which releases the WAL files their small commits pin.
+  uint32_t flushes_since_full_flush_ ABSL_GUARDED_BY(save_mu_) = 0;
+  // Held across each write, so that none starts after one failed.
   absl::Mutex commit_mu_;
   absl::Status write_failure_ ABSL_GUARDED_BY(commit_mu_);
 };

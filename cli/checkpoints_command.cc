@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint_store.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 
 namespace tandem::cli {
 
@@ -91,33 +92,14 @@ int CheckpointsCommand(const std::vector<std::string>& args) {
       ("output", po::value(&output)->default_value("text"), "text or json");
   // clang-format on
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(flags).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "tandem checkpoints: " << e.what()
-              << "\nRun `tandem checkpoints --help` for the options.\n";
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << flags;
-    return kExitOk;
-  }
-  if (output != "text" && output != "json") {
-    std::cerr << "tandem checkpoints: --output must be text or json, got '" << output << "'\n";
-    return kExitUsage;
-  }
-  CheckpointStoreOptions options;
-  options.read_only = true;
-  options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-      CheckpointStore::Open(store_dir, options);
-  if (!store.ok()) {
-    std::cerr << "tandem checkpoints: " << store.status().message() << "\n";
-    return kExitFailed;
-  }
-  if (verify) return VerifyCheckpoints(**store, store_dir, job, output == "json");
-  absl::StatusOr<std::vector<v1::CheckpointInfo>> list = (*store)->List(job);
+  bool help = false;
+  if (!ParseFlags("checkpoints", args, flags, vm, &help)) return kExitUsage;
+  if (help) return kExitOk;
+  if (!CheckOutputFormat("checkpoints", output)) return kExitUsage;
+  std::unique_ptr<CheckpointStore> store = OpenStoreForReading("checkpoints", store_dir);
+  if (store == nullptr) return kExitFailed;
+  if (verify) return VerifyCheckpoints(*store, store_dir, job, output == "json");
+  absl::StatusOr<std::vector<v1::CheckpointInfo>> list = store->List(job);
   if (!list.ok()) {
     std::cerr << "tandem checkpoints: " << list.status().message() << "\n";
     return kExitFailed;

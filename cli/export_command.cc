@@ -7,6 +7,7 @@
 #include "checkpoint/digest.h"
 #include "checkpoint/torch_file.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 
 namespace tandem::cli {
 
@@ -45,37 +46,19 @@ int ExportCommand(const std::vector<std::string>& args) {
       ("output", po::value(&output)->default_value("text"), "text or json");
   // clang-format on
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(flags).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "tandem export: " << e.what() << "\nRun `tandem export --help` for the options.\n";
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << flags;
-    return kExitOk;
-  }
+  bool help = false;
+  if (!ParseFlags("export", args, flags, vm, &help)) return kExitUsage;
+  if (help) return kExitOk;
   if (job.empty() || file.empty()) {
     std::cerr << "tandem export: --job and -o FILE are required\n";
     return kExitUsage;
   }
-  if (output != "text" && output != "json") {
-    std::cerr << "tandem export: --output must be text or json, got '" << output << "'\n";
-    return kExitUsage;
-  }
-  CheckpointStoreOptions options;
-  options.read_only = true;
-  options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-      CheckpointStore::Open(store_dir, options);
-  if (!store.ok()) {
-    std::cerr << "tandem export: " << store.status().message() << "\n";
-    return kExitFailed;
-  }
+  if (!CheckOutputFormat("export", output)) return kExitUsage;
+  std::unique_ptr<CheckpointStore> store = OpenStoreForReading("export", store_dir);
+  if (store == nullptr) return kExitFailed;
   std::optional<uint64_t> wanted;
   if (vm.count("step")) wanted = step;
-  absl::StatusOr<Checkpoint> checkpoint = (*store)->Load(job, wanted);
+  absl::StatusOr<Checkpoint> checkpoint = store->Load(job, wanted);
   if (!checkpoint.ok()) {
     std::cerr << "tandem export: " << checkpoint.status().message() << "\n";
     return kExitFailed;

@@ -14,36 +14,12 @@
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/replication.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "transport/tls.h"
 
 namespace tandem::cli {
 
 namespace po = boost::program_options;
-
-namespace {
-
-// Parses `args` against `flags` (plus positionals); prints the error and
-// returns false on a usage error, or prints help and sets *help.
-bool ParseFlags(const char* command, const std::vector<std::string>& args,
-                const po::options_description& flags, const po::options_description& hidden,
-                const po::positional_options_description& positional, po::variables_map& vm,
-                bool* help) {
-  po::options_description all;
-  all.add(flags).add(hidden);
-  try {
-    po::store(po::command_line_parser(args).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "tandem " << command << ": " << e.what() << "\nRun `tandem " << command
-              << " --help` for the options.\n";
-    return false;
-  }
-  *help = vm.count("help") != 0;
-  if (*help) std::cout << flags;
-  return true;
-}
-
-}  // namespace
 
 int CertsCommand(const std::vector<std::string>& args) {
   std::string action;
@@ -111,7 +87,7 @@ Options)");
   // clang-format on
   po::variables_map vm;
   bool help = false;
-  if (!ParseFlags("serve-store", args, flags, {}, {}, vm, &help)) return kExitUsage;
+  if (!ParseFlags("serve-store", args, flags, vm, &help)) return kExitUsage;
   if (help) return kExitOk;
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -195,16 +171,13 @@ Options)");
   // clang-format on
   po::variables_map vm;
   bool help = false;
-  if (!ParseFlags("replicate", args, flags, {}, {}, vm, &help)) return kExitUsage;
+  if (!ParseFlags("replicate", args, flags, vm, &help)) return kExitUsage;
   if (help) return kExitOk;
   if (job.empty() || target.empty()) {
     std::cerr << "tandem replicate: --job and --to are required\n";
     return kExitUsage;
   }
-  if (output != "text" && output != "json") {
-    std::cerr << "tandem replicate: --output must be text or json, got '" << output << "'\n";
-    return kExitUsage;
-  }
+  if (!CheckOutputFormat("replicate", output)) return kExitUsage;
   if (timeout_s <= 0) {
     std::cerr << "tandem replicate: --timeout must be positive\n";
     return kExitUsage;
@@ -219,19 +192,12 @@ Options)");
     }
     credentials = *tls;
   }
-  CheckpointStoreOptions options;
-  options.read_only = true;
-  options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-      CheckpointStore::Open(store_dir, options);
-  if (!store.ok()) {
-    std::cerr << "tandem replicate: " << store.status().message() << "\n";
-    return kExitFailed;
-  }
+  std::unique_ptr<CheckpointStore> store = OpenStoreForReading("replicate", store_dir);
+  if (store == nullptr) return kExitFailed;
   std::optional<uint64_t> wanted;
   if (vm.count("step")) wanted = step;
   absl::StatusOr<ReplicationStats> stats =
-      PushCheckpoint(**store, job, wanted, target, credentials,
+      PushCheckpoint(*store, job, wanted, target, credentials,
                      std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)), keep);
   if (!stats.ok()) {
     std::cerr << "tandem replicate: " << stats.status().message() << "\n";

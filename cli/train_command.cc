@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/progress_view.h"
 #include "coordinator/local_train.h"
 #include "transport/tls.h"
@@ -94,31 +95,18 @@ int TrainCommand(const std::vector<std::string>& args) {
   // clang-format on
   po::options_description hidden;
   hidden.add_options()("spec", po::value(&spec_path));
-  po::options_description all;
-  all.add(flags).add(hidden);
   po::positional_options_description positional;
   positional.add("spec", 1);
   po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "tandem train: " << e.what() << "\nRun `tandem train --help` for the options.\n";
-    return kExitUsage;
-  }
-  if (vm.count("help")) {
-    std::cout << flags;
-    return kExitOk;
-  }
+  bool help = false;
+  if (!ParseFlags("train", args, flags, hidden, positional, vm, &help)) return kExitUsage;
+  if (help) return kExitOk;
   if (spec_path.empty()) {
     std::cerr << "tandem train: missing SPEC (a job spec YAML file, e.g. "
                  "examples/fashion-mnist-cnn.yaml)\n";
     return kExitUsage;
   }
-  if (output != "text" && output != "json") {
-    std::cerr << "tandem train: --output must be text or json, got '" << output << "'\n";
-    return kExitUsage;
-  }
+  if (!CheckOutputFormat("train", output)) return kExitUsage;
   if (resume && !init_file.empty()) {
     std::cerr << "tandem train: --init and --resume exclude each other: a resumed job "
                  "continues from its checkpoint\n";

@@ -260,7 +260,10 @@ absl::Status Trainer::OpenStoreAndResume() {
       status = store.status();
     } else {
       store_ = std::move(*store);
-      if (spec_.checkpoint().async()) saver_ = std::make_unique<AsyncSaver>(store_.get());
+      if (spec_.checkpoint().async()) {
+        saver_ = std::make_unique<AsyncSaver>(store_.get());
+        saver_->Reserve(Views(StateTensors(model_, *optimizer_)));
+      }
       absl::StatusOr<uint64_t> latest = store_->LatestStep(spec_.name());
       if (latest.ok() && !options_.resume) {
         status = absl::AlreadyExistsError(absl::StrFormat(

@@ -468,6 +468,30 @@ TEST_F(CorruptionTest, MissingChunkIsDataLoss) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("is missing"));
 }
 
+TEST_F(CorruptionTest, OfSeveralDamagedChunksTheFirstInManifestOrderIsNamed) {
+  const std::string second = SaveAndPickChunk(1);
+  const std::string third = SaveAndPickChunk(2);
+  ASSERT_EQ(second.size(), 32u);
+  ASSERT_EQ(third.size(), 32u);
+  {
+    RawDb raw(dir_, kOurCfs, /*create=*/false);
+    ASSERT_TRUE(raw.status().ok()) << raw.status().ToString();
+    ASSERT_TRUE(raw.db()->Delete(rocksdb::WriteOptions(), raw.cf(2), third).ok());
+    ASSERT_TRUE(raw.db()->Put(rocksdb::WriteOptions(), raw.cf(2), second, "short").ok());
+  }
+  std::unique_ptr<CheckpointStore> store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  // Chunks are read on several threads; which one finds its damage first
+  // must not change the answer.
+  for (int i = 0; i < 20; ++i) {
+    absl::Status status = store->Load("job").status();
+    ASSERT_TRUE(absl::IsDataLoss(status)) << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("tensor model.w, chunk 2 of 3"));
+    EXPECT_THAT(std::string(status.message()), HasSubstr("has 5 bytes, the manifest says 1024"));
+    EXPECT_EQ(store->Verify("job", 7), status);
+  }
+}
+
 TEST_F(CheckpointStoreTest, MissingJobOrStepIsNotFound) {
   std::unique_ptr<CheckpointStore> store = OpenStore();
   ASSERT_NE(store, nullptr);
@@ -673,6 +697,26 @@ TEST_F(CheckpointStoreTest, ChunksLiveInUncompressedBlobFiles) {
   EXPECT_EQ(chunks->options.min_blob_size, 64u << 10);
   EXPECT_EQ(chunks->options.compression, rocksdb::kNoCompression);
   EXPECT_EQ(chunks->options.blob_compression_type, rocksdb::kNoCompression);
+}
+
+// Each save that writes chunks flushes them, and a flush starts a new WAL
+// file; the small commits in the other column families must not keep every
+// one of them alive.
+TEST_F(CheckpointStoreTest, WalFilesDoNotPileUpOverManySaves) {
+  std::unique_ptr<CheckpointStore> store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  constexpr int kSaves = 60;
+  size_t most = 0;
+  for (uint64_t step = 1; step <= kSaves; ++step) {
+    ASSERT_TRUE(store->Save(Header("job", step), Views({{"w", Pattern(1024, step)}}), 2).ok());
+    size_t wal_files = 0;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir_)) {
+      wal_files += e.path().extension() == ".log";
+    }
+    most = std::max(most, wal_files);
+  }
+  EXPECT_LE(most, 20u);
+  EXPECT_EQ(Chunks(*store), 2u);
 }
 
 TEST_F(CheckpointStoreTest, ConcurrentSavesAndLoadsOfSeveralJobs) {

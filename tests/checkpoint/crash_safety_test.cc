@@ -4,7 +4,10 @@
 // (an I/O error, a full disk, a short write, a power loss), or the process is
 // killed there. Reopened without faults, the store must hold either {A0, A}
 // or {A, B}, with `latest` at the newer one, every chunk intact and the bytes
-// exactly those saved; and B whenever Save had returned OK.
+// exactly those saved; and B whenever Save had returned OK. Save writes B's
+// chunks (flushed and synced) before it commits B, so a crash in between
+// leaves chunks no manifest references; the reopening drops them, and after
+// it no such chunk is left.
 #include <errno.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -14,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -226,7 +230,8 @@ class CrashSafetyTest : public ::testing::Test {
         for (const v1::ChunkRef& c : t.chunks()) chunks.insert(c.sha256());
       }
     }
-    // Nothing half-saved or half-collected is left behind.
+    // Nothing half-saved or half-collected is left behind once the store has
+    // been opened for writing, which drops the chunks of a save cut short.
     absl::StatusOr<uint64_t> stored_chunks = store.CountChunks();
     ASSERT_TRUE(stored_chunks.ok()) << stored_chunks.status();
     EXPECT_EQ(*stored_chunks, chunks.size());
@@ -367,6 +372,67 @@ TEST_F(CrashSafetyTest, AfterAFailedCommitSavesFailUntilReopened) {
   EXPECT_GE(exercised, 3);
 }
 
+// The distinct chunk keys of `tensors` as Save cuts them.
+std::set<std::string> ChunkKeys(const std::vector<Owned>& tensors) {
+  std::set<std::string> keys;
+  for (const Owned& t : tensors) {
+    for (size_t offset = 0; offset < t.bytes.size(); offset += kChunkBytes) {
+      const Sha256Digest digest =
+          Sha256Of(t.bytes.data() + offset, std::min(kChunkBytes, t.bytes.size() - offset));
+      keys.emplace(reinterpret_cast<const char*>(digest.data()), digest.size());
+    }
+  }
+  return keys;
+}
+
+// Power fails just before the commit of B: B's chunks are on disk, its
+// manifest is not. A read-only Open (which writes nothing) still finds them;
+// the next writable Open drops them, and only them.
+TEST_F(CrashSafetyTest, ChunksOfASaveCutShortAreDroppedAtTheNextOpen) {
+  auto fs = std::make_shared<FaultInjectionFs>(/*skip_real_syncs=*/true);
+  const Phases phases = CountOps(fs);
+  ASSERT_FALSE(HasFailure());
+  uint64_t commit = 0;  // the last append to the WAL in Save
+  for (uint64_t n = phases.open + 1; n <= phases.save; ++n) {
+    const FileOp& op = phases.log[n - 1];
+    if (op.kind == FileOpKind::kAppend && fs::path(op.path).extension() == ".log") commit = n;
+  }
+  ASSERT_GT(commit, 0u) << "Save wrote nothing to the WAL";
+  ResetStore();
+  fs->InjectAt(commit, Fault::kPowerLoss);
+  {
+    absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+        CheckpointStore::Open(dir_, StoreOptions(NewFaultInjectionEnv(fs)));
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_FALSE(SaveStep(**store, kStepB).ok());
+  }
+  ASSERT_TRUE(fs->fired());
+  ASSERT_TRUE(fs->DropUnsyncedData().ok());
+  fs->Reset();
+
+  std::set<std::string> kept = ChunkKeys(TensorsAt(kStepA0));
+  for (const std::string& key : ChunkKeys(TensorsAt(kStepA))) kept.insert(key);
+  size_t orphans = 0;
+  for (const std::string& key : ChunkKeys(TensorsAt(kStepB))) orphans += kept.count(key) == 0;
+  ASSERT_GT(orphans, 0u);
+  {
+    CheckpointStoreOptions read_only = StoreOptions(QuickEnv());
+    read_only.read_only = true;
+    absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(dir_, read_only);
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ((*store)->LatestStep(kJob).value_or(0), kStepA);
+    EXPECT_EQ((*store)->CountChunks().value_or(0), kept.size() + orphans);
+  }
+  ExpectIntact(/*saved_b=*/false);  // counts the chunks after a writable Open
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+      CheckpointStore::Open(dir_, StoreOptions(QuickEnv()));
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->LatestStep(kJob).value_or(0), kStepA);
+  EXPECT_EQ((*store)->CountChunks().value_or(0), kept.size());
+  // With the orphans gone, B saves as if nothing had happened.
+  EXPECT_TRUE(SaveStep(**store, kStepB).ok());
+}
+
 // What a forked child reports on its pipe.
 constexpr char kFrozen = 'f';  // stopped before the operation it was given
 constexpr char kSaved = 's';   // Save returned OK
@@ -390,7 +456,7 @@ constexpr char kDone = 'd';    // closed the store without reaching the operatio
   });
   {
     absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-        CheckpointStore::Open(dir, StoreOptions(NewFaultInjectionEnv(fs)));
+        CheckpointStore::Open(dir, StoreOptions(NewFaultInjectionEnv(fs, /*own_threads=*/true)));
     if (!store.ok()) _exit(12);
     if (!SaveStep(**store, kStepB).ok()) _exit(13);
     report(kSaved);

@@ -1,6 +1,8 @@
 #include "tests/checkpoint/fault_injection_fs.h"
 
 #include <errno.h>
+#include <rocksdb/system_clock.h>
+#include <rocksdb/threadpool.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -391,8 +393,79 @@ IOStatus FaultInjectionFs::DropUnsyncedData() {
   return IOStatus::OK();
 }
 
-std::shared_ptr<rocksdb::Env> NewFaultInjectionEnv(const std::shared_ptr<FaultInjectionFs>& fs) {
-  return std::shared_ptr<rocksdb::Env>(rocksdb::NewCompositeEnv(fs));
+namespace {
+
+// A clock whose sleeps return at once.
+class NoSleepClock : public rocksdb::SystemClockWrapper {
+ public:
+  NoSleepClock() : SystemClockWrapper(rocksdb::SystemClock::Default()) {}
+  const char* Name() const override { return "NoSleepClock"; }
+  void SleepForMicroseconds(int micros) override {}
+};
+
+// See NewFaultInjectionEnv. With own threads, jobs cannot be unscheduled;
+// closing a database waits for its queued jobs instead.
+class FaultInjectionEnv : public rocksdb::EnvWrapper {
+ public:
+  FaultInjectionEnv(const std::shared_ptr<FaultInjectionFs>& fs, bool own_threads)
+      : EnvWrapper(rocksdb::NewCompositeEnv(fs)), own_threads_(own_threads) {
+    file_system_ = fs;
+    system_clock_ = std::make_shared<NoSleepClock>();
+  }
+  ~FaultInjectionEnv() override {
+    for (std::unique_ptr<rocksdb::ThreadPool>& pool : pools_) {
+      if (pool != nullptr) pool->JoinAllThreads();
+    }
+  }
+  const char* Name() const override { return "FaultInjectionEnv"; }
+
+  void SleepForMicroseconds(int micros) override {}
+
+  void Schedule(void (*function)(void* arg), void* arg, Priority pri, void* tag,
+                void (*unschedule)(void* arg)) override {
+    if (!own_threads_) return EnvWrapper::Schedule(function, arg, pri, tag, unschedule);
+    Pool(pri)->SubmitJob([function, arg] { function(arg); });
+  }
+  int UnSchedule(void* tag, Priority pri) override {
+    return own_threads_ ? 0 : EnvWrapper::UnSchedule(tag, pri);
+  }
+  unsigned int GetThreadPoolQueueLen(Priority pri) const override {
+    if (!own_threads_) return EnvWrapper::GetThreadPoolQueueLen(pri);
+    std::lock_guard<std::mutex> lock(mu_);
+    return pools_[pri] == nullptr ? 0 : pools_[pri]->GetQueueLen();
+  }
+  void SetBackgroundThreads(int number, Priority pri) override {
+    if (!own_threads_) return EnvWrapper::SetBackgroundThreads(number, pri);
+    Pool(pri)->SetBackgroundThreads(number);
+  }
+  int GetBackgroundThreads(Priority pri) override {
+    if (!own_threads_) return EnvWrapper::GetBackgroundThreads(pri);
+    return Pool(pri)->GetBackgroundThreads();
+  }
+  void IncBackgroundThreadsIfNeeded(int number, Priority pri) override {
+    if (!own_threads_) return EnvWrapper::IncBackgroundThreadsIfNeeded(number, pri);
+    rocksdb::ThreadPool* pool = Pool(pri);
+    if (pool->GetBackgroundThreads() < number) pool->SetBackgroundThreads(number);
+  }
+
+ private:
+  rocksdb::ThreadPool* Pool(Priority pri) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_ptr<rocksdb::ThreadPool>& pool = pools_[pri];
+    if (pool == nullptr) pool.reset(rocksdb::NewThreadPool(1));
+    return pool.get();
+  }
+
+  const bool own_threads_;
+  mutable std::mutex mu_;
+  std::unique_ptr<rocksdb::ThreadPool> pools_[Priority::TOTAL];
+};
+
+}  // namespace
+
+std::shared_ptr<rocksdb::Env> NewFaultInjectionEnv(const std::shared_ptr<FaultInjectionFs>& fs,
+                                                   bool own_threads) {
+  return std::make_shared<FaultInjectionEnv>(fs, own_threads);
 }
 
 }  // namespace tandem

@@ -129,8 +129,15 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
   std::function<void(uint64_t, const FileOp&)> hook_;
 };
 
-// An Env whose file system is `fs` (and everything else the default Env's).
-std::shared_ptr<rocksdb::Env> NewFaultInjectionEnv(const std::shared_ptr<FaultInjectionFs>& fs);
+// An Env whose file system is `fs`, whose sleeps return at once (RocksDB
+// waits a second after each failed flush; the crash tests fail hundreds), and
+// otherwise the default Env. With `own_threads`, RocksDB's background jobs
+// (flushes, compactions) run on thread pools of its own: for a forked child,
+// where the default Env's pools came through fork() without their threads, so
+// that a job scheduled there would never run (and a Save, which waits for
+// the flush of its chunks, would never return).
+std::shared_ptr<rocksdb::Env> NewFaultInjectionEnv(const std::shared_ptr<FaultInjectionFs>& fs,
+                                                   bool own_threads = false);
 
 }  // namespace tandem
 

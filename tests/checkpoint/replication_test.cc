@@ -431,5 +431,43 @@ TEST_F(ReplicationTest, CommitManifestVerifiesChunksAndDigest) {
   ExpectSameCheckpoint(*target_, 4, model);
 }
 
+// Chunks a push wrote wait for their manifest: while the store is open,
+// garbage collection keeps them even when the checkpoint it drops was their
+// only other user; a writable reopening drops those no manifest references.
+TEST_F(ReplicationTest, PushedChunksWaitForTheirManifestUntilTheStoreIsReopened) {
+  const std::vector<Owned> model = Model();
+  const v1::CheckpointManifest manifest = SaveAt(*source_, 1, model);
+  const std::set<std::string> keys = ChunkSet(manifest);
+  std::vector<std::pair<std::string, std::string>> chunks;
+  for (const std::string& k : keys) chunks.emplace_back(k, *source_->ReadChunk(k));
+
+  // The target's own job "other" holds the same tensors; the push sends them
+  // anyway (as it does to replace chunks the target found damaged).
+  ASSERT_TRUE(target_->Save(Header("other", 1), Views(model), 1).ok());
+  ASSERT_TRUE(target_->WriteChunks(chunks).ok());
+  // Dropping other@1 leaves no manifest that references them.
+  const std::vector<Owned> next = {{"w", Pattern(4000, 77)}};
+  ASSERT_TRUE(target_->Save(Header("other", 2), Views(next), 1).ok());
+  EXPECT_EQ(*target_->CountChunks(), keys.size() + 1);
+  absl::StatusOr<v1::CheckpointManifest> committed = target_->CommitManifest(manifest, 0);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  ExpectSameCheckpoint(*target_, 1, model);
+
+  // A chunk of a push that never commits stays while the store is open...
+  const std::string stray = Pattern(kMiB, 78);
+  const Sha256Digest digest = Sha256Of(stray.data(), stray.size());
+  const std::string stray_key(reinterpret_cast<const char*>(digest.data()), digest.size());
+  ASSERT_TRUE(target_->WriteChunks({{stray_key, stray}}).ok());
+  ASSERT_TRUE(target_->Save(Header("other", 3), Views(next), 1).ok());
+  EXPECT_EQ(*target_->CountChunks(), keys.size() + 2);
+  // ...and is dropped when it is reopened, unlike the committed ones.
+  target_.reset();
+  target_ = OpenStore("target");
+  ASSERT_NE(target_, nullptr);
+  EXPECT_EQ(*target_->CountChunks(), keys.size() + 1);
+  EXPECT_EQ(target_->ReadChunk(stray_key).status().code(), absl::StatusCode::kNotFound);
+  ExpectSameCheckpoint(*target_, 1, model);
+}
+
 }  // namespace
 }  // namespace tandem
