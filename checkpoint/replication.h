@@ -8,9 +8,11 @@
 // ones), so that this library does not depend on the transport.
 //
 // A push interrupted anywhere leaves the receiver's previous checkpoints as
-// they were: chunks that arrived whole and verified are kept, so calling
-// PushCheckpoint again sends only what is still missing; the manifest and the
-// job's `latest` pointer move only in the final commit.
+// they were: chunks that arrived whole and verified are kept while the
+// receiving store stays open, so calling PushCheckpoint again sends only what
+// is still missing; the manifest and the job's `latest` pointer move only in
+// the final commit. If the receiver's store is reopened before that commit,
+// its Open drops the uncommitted chunks and the next push sends them again.
 #ifndef TANDEM_CHECKPOINT_REPLICATION_H_
 #define TANDEM_CHECKPOINT_REPLICATION_H_
 
