@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/subprocess.h"
 #include "worker/worker_events.h"
 
@@ -118,10 +119,15 @@ class LineQueue {
     lines_.push_back(std::move(line));
   }
 
-  Line Pop() {
+  // The next line; nullopt if none came before `deadline`.
+  std::optional<Line> Pop(absl::Time deadline) {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](std::deque<Line>* lines) { return !lines->empty(); }, &lines_));
+    if (!mu_.AwaitWithDeadline(
+            absl::Condition(
+                +[](std::deque<Line>* lines) { return !lines->empty(); }, &lines_),
+            deadline)) {
+      return std::nullopt;
+    }
     Line line = std::move(lines_.front());
     lines_.pop_front();
     return line;
@@ -253,17 +259,26 @@ absl::StatusOr<TrainResult> RunLocalTraining(
   std::string error;
   std::string init_digest;
   std::vector<int> exit_codes(pools, -1);
+  // Once a pool has failed, the others fail by themselves within their
+  // exchange deadline; only if they have not by then are they stopped.
+  // (Signalling an mpirun that is already aborting can crash it.)
+  absl::Time stop_others_at = absl::InfiniteFuture();
   for (int open = pools; open > 0;) {
-    LineQueue::Line line = queue.Pop();
+    std::optional<LineQueue::Line> next = queue.Pop(stop_others_at);
+    if (!next.has_value()) {
+      for (auto& group : groups) group->Kill(SIGTERM);
+      stop_others_at = absl::InfiniteFuture();
+      continue;
+    }
+    LineQueue::Line& line = *next;
     const int pool = line.source;
     if (!line.text.has_value()) {
       --open;
       absl::StatusOr<int> exit_code = groups[pool]->Wait();
       exit_codes[pool] = exit_code.ok() ? *exit_code : 1;
-      // One pool gone for good stops the job: the others would only wait
-      // for it until their exchange deadline.
-      if (exit_codes[pool] != 0) {
-        for (auto& group : groups) group->Kill(SIGTERM);
+      if (exit_codes[pool] != 0 && stop_others_at == absl::InfiniteFuture()) {
+        stop_others_at =
+            absl::Now() + absl::Milliseconds(options.exchange_timeout_ms) + absl::Seconds(10);
       }
       continue;
     }

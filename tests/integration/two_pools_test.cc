@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -159,6 +160,27 @@ TEST(TwoPoolsTest, TrainsThroughAnEmulatedWan) {
   // The WAN only delays bytes: the result is the same.
   EXPECT_EQ(wan["state_digest"], direct["state_digest"]);
   EXPECT_GT(wan["wall_s"].get<double>(), 20 * 0.020);  // at least one RTT per step
+}
+
+// A WAN that resets every connection on its first bytes: the peer is never
+// reachable, and the job fails with an error naming it once the exchange
+// deadline has passed, instead of hanging.
+TEST(TwoPoolsTest, UnreachablePeerFailsWithinTheExchangeDeadline) {
+  TempDir dir;
+  const std::string spec =
+      dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "fp16"));
+  const auto start = std::chrono::steady_clock::now();
+  RunResult run = RunTandem({"train", spec, "--store", dir.Join("s"), "--max-steps", "5", "--certs",
+                             dir.Join("certs"), "--wan-loss", "1", "--exchange-timeout", "3"});
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(run.exit_code, 1) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("failed: pool cloud-"));
+  EXPECT_THAT(run.err, HasSubstr("not connected within 3000 ms"));
+  EXPECT_THAT(run.err, ::testing::Not(HasSubstr("Segmentation fault")));
+  // Start-up (MPI, the dataset) plus the 3 s deadline; a hang would run into
+  // ctest's timeout instead.
+  EXPECT_LT(seconds, 60);
 }
 
 TEST(TwoPoolsTest, PlaintextLinksWhenAsked) {
