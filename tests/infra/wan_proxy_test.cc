@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -487,16 +488,17 @@ std::string ReadAllWithin(int fd, milliseconds deadline) {
 // The exit status, or -1 when the child is still running at the deadline
 // (it is then killed).
 int WaitExit(pid_t pid, milliseconds deadline) {
-  Clock::time_point end = Clock::now() + deadline;
+  // A pidfd becomes readable when the process exits: wait on that.
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (Clock::now() > end) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(milliseconds(2));
+  if (pidfd < 0 || !WaitFor({pidfd}, POLLIN, deadline)) {
+    if (pidfd >= 0) close(pidfd);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
   }
+  close(pidfd);
+  waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
