@@ -21,42 +21,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/digest.h"
+#include "tests/support/byte_tensors.h"
 
 namespace tandem {
 namespace {
 
+using testing::Owned;
+using testing::Pattern;
+using testing::Views;
+
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-// Deterministic bytes that differ for every seed.
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string bytes(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : bytes) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<char>(x >> 24);
-  }
-  return bytes;
-}
-
-struct Owned {
-  std::string name;
-  std::string bytes;
-};
-
-std::vector<TensorView> Views(const std::vector<Owned>& tensors) {
-  std::vector<TensorView> views;
-  for (const Owned& t : tensors) {
-    TensorView v;
-    v.name = t.name;
-    v.dtype = v1::DTYPE_UINT8;
-    v.shape = {static_cast<int64_t>(t.bytes.size())};
-    v.data = t.bytes.data();
-    v.bytes = t.bytes.size();
-    views.push_back(v);
-  }
-  return views;
-}
 
 v1::CheckpointManifest Header(const std::string& job, uint64_t step,
                               std::vector<std::string> tags = {}) {

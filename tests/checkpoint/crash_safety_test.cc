@@ -32,9 +32,14 @@
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "tests/checkpoint/fault_injection_fs.h"
+#include "tests/support/byte_tensors.h"
 
 namespace tandem {
 namespace {
+
+using testing::Owned;
+using testing::Pattern;
+using testing::Views;
 
 namespace fs = std::filesystem;
 
@@ -48,21 +53,6 @@ constexpr size_t kChunkBytes = 64 << 10;  // = the store's min blob size: chunks
 // machine may be busy, and only a broken test ever waits this long.
 constexpr std::chrono::seconds kChildDeadline(60);
 
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string bytes(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : bytes) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<char>(x >> 24);
-  }
-  return bytes;
-}
-
-struct Owned {
-  std::string name;
-  std::string bytes;
-};
-
 // "frozen" (2 chunks) is shared by every checkpoint, so B's save skips those
 // chunks and retention must keep them; "w" (4 chunks, the last one short and
 // small enough to stay out of blob files) and "b" are new at every step.
@@ -71,20 +61,6 @@ std::vector<Owned> TensorsAt(uint64_t step) {
   return {{"frozen", Pattern(2 * kChunkBytes, 1)},
           {"w", Pattern(3 * kChunkBytes + 100, seed)},
           {"b", Pattern(100, 1000 + seed)}};
-}
-
-std::vector<TensorView> Views(const std::vector<Owned>& tensors) {
-  std::vector<TensorView> views;
-  for (const Owned& t : tensors) {
-    TensorView v;
-    v.name = t.name;
-    v.dtype = v1::DTYPE_UINT8;
-    v.shape = {static_cast<int64_t>(t.bytes.size())};
-    v.data = t.bytes.data();
-    v.bytes = t.bytes.size();
-    views.push_back(v);
-  }
-  return views;
 }
 
 v1::CheckpointManifest Header(uint64_t step) {

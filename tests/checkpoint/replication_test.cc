@@ -23,10 +23,15 @@
 
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
+#include "tests/support/byte_tensors.h"
 #include "transport/tls.h"
 
 namespace tandem {
 namespace {
+
+using testing::Owned;
+using testing::Pattern;
+using testing::Views;
 
 namespace fs = std::filesystem;
 using ::testing::AnyOf;
@@ -35,41 +40,11 @@ using ::testing::HasSubstr;
 constexpr auto kDeadline = std::chrono::seconds(30);
 constexpr size_t kMiB = size_t{1} << 20;
 
-// Deterministic bytes that differ for every seed.
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string bytes(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : bytes) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<char>(x >> 24);
-  }
-  return bytes;
-}
-
-struct Owned {
-  std::string name;
-  std::string bytes;
-};
-
 // ~14 MB in six 4 MiB-or-smaller chunks: 4+4+1 MiB, 4 MiB + (1 MiB + 123), 4000.
 std::vector<Owned> Model() {
   return {{"layer1.weight", Pattern(9 * kMiB, 1)},
           {"layer2.weight", Pattern(5 * kMiB + 123, 2)},
           {"layer2.bias", Pattern(4000, 3)}};
-}
-
-std::vector<TensorView> Views(const std::vector<Owned>& tensors) {
-  std::vector<TensorView> views;
-  for (const Owned& t : tensors) {
-    TensorView v;
-    v.name = t.name;
-    v.dtype = v1::DTYPE_UINT8;
-    v.shape = {static_cast<int64_t>(t.bytes.size())};
-    v.data = t.bytes.data();
-    v.bytes = t.bytes.size();
-    views.push_back(v);
-  }
-  return views;
 }
 
 v1::CheckpointManifest Header(const std::string& job, uint64_t step) {

@@ -22,9 +22,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "checkpoint/digest.h"
+#include "tests/support/byte_tensors.h"
 
 namespace tandem {
 namespace {
+
+using testing::Pattern;
 
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
@@ -32,17 +35,6 @@ using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 constexpr char kPython[] = "/usr/bin/python3";
-
-// Deterministic bytes that differ for every seed.
-std::string Pattern(size_t size, uint32_t seed) {
-  std::string bytes(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (char& c : bytes) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<char>(x >> 24);
-  }
-  return bytes;
-}
 
 struct Owned {
   std::string name;

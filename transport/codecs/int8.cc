@@ -88,13 +88,7 @@ class Int8Codec final : public Codec {
   CodecState State() const override { return {{kCodecErrorState, error_}}; }
 
   absl::Status LoadStateImpl(const CodecState& state) override {
-    if (state.size() != 1 || state[0].first != kCodecErrorState ||
-        state[0].second.size() != size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "int8 codec state must be exactly \"", kCodecErrorState, "\" of ", size(), " floats"));
-    }
-    error_ = state[0].second;
-    return absl::OkStatus();
+    return LoadErrorState(v1::CODEC_KIND_INT8, size(), state, &error_);
   }
 
  protected:

@@ -156,13 +156,7 @@ class TopkCodec final : public Codec {
   CodecState State() const override { return {{kCodecErrorState, error_}}; }
 
   absl::Status LoadStateImpl(const CodecState& state) override {
-    if (state.size() != 1 || state[0].first != kCodecErrorState ||
-        state[0].second.size() != size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "topk codec state must be exactly \"", kCodecErrorState, "\" of ", size(), " floats"));
-    }
-    error_ = state[0].second;
-    return absl::OkStatus();
+    return LoadErrorState(v1::CODEC_KIND_TOPK, size(), state, &error_);
   }
 
  protected:

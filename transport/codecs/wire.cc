@@ -126,4 +126,15 @@ absl::StatusOr<uint64_t> Reader::Varint() {
   return absl::DataLossError("codec payload has a varint longer than 64 bits");
 }
 
+absl::Status LoadErrorState(v1::CodecKind kind, size_t n, const CodecState& state,
+                            std::vector<float>* error) {
+  if (state.size() != 1 || state[0].first != kCodecErrorState || state[0].second.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat(KindName(kind),
+                                                   " codec state must be exactly \"",
+                                                   kCodecErrorState, "\" of ", n, " floats"));
+  }
+  *error = state[0].second;
+  return absl::OkStatus();
+}
+
 }  // namespace tandem::codec_internal

@@ -18,11 +18,13 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "tandem/v1/job.pb.h"
+#include "transport/codec.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "codec payloads copy floats and integers in host order, which must be little-endian");
@@ -61,6 +63,11 @@ absl::StatusOr<absl::string_view> ParseHeader(const std::string& payload, const 
 absl::Status CheckSize(size_t given, size_t expected);
 
 absl::string_view KindName(v1::CodecKind kind);
+
+// Loads the state of a codec whose only state is its error-feedback residual
+// (int8, topk): exactly kCodecErrorState of `n` floats, else InvalidArgument.
+absl::Status LoadErrorState(v1::CodecKind kind, size_t n, const CodecState& state,
+                            std::vector<float>* error);
 
 // Sequential reads from a body that fail with DataLoss instead of running past
 // its end.
