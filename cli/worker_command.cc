@@ -30,7 +30,12 @@ int WorkerCommand(int argc, char** argv) {
       ("certs", po::value(&options.certs_dir), "mutual TLS material for the link")
       ("insecure", po::bool_switch(&options.insecure), "plaintext link")
       ("exchange-timeout-ms", po::value(&options.exchange_timeout_ms),
-       "fail when a peer is silent this long");
+       "fail when a peer is silent this long")
+      ("coordinator", po::value(&options.coordinator),
+       "follow this coordinator's plans (a job run by `tandem agent`)")
+      ("launch", po::value(&options.launch), "the coordinator's launch number of this pool")
+      ("sample-log", po::value(&options.sample_log_dir),
+       "test mode: log the sample ids of every step to files in this folder");
   // clang-format on
   try {
     po::variables_map vm;

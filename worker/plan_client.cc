@@ -62,7 +62,9 @@ void PlanClient::Watch(uint64_t generation) {
 
 std::optional<v1::Plan> PlanClient::Newer(uint64_t generation) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (newest_.has_value() && newest_->generation() > generation) return newest_;
+  if (newest_.has_value() && (newest_->generation() > generation || newest_->stop())) {
+    return newest_;
+  }
   return std::nullopt;
 }
 

@@ -3,11 +3,17 @@
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <iostream>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -23,6 +29,7 @@
 #include "worker/job_spec.h"
 #include "worker/models.h"
 #include "worker/optimizer.h"
+#include "worker/plan_client.h"
 #include "worker/sampler.h"
 #include "worker/worker_events.h"
 
@@ -35,6 +42,25 @@ using Json = nlohmann::json;
 constexpr char kTorchRngName[] = "torch.cpu";
 constexpr int64_t kEvalBatch = 1000;
 constexpr double kProgressEverySeconds = 0.5;
+// The most pools a job may have (a plan travels to the ranks in a fixed array).
+constexpr int kMaxPools = 32;
+// With a coordinator, an exchange waits in slices this long, looking for a
+// new plan between them (a lost peer is usually known to the coordinator
+// before the exchange deadline, from its lease).
+constexpr std::chrono::milliseconds kExchangeSlice{200};
+// How long a leader waits for the coordinator to decide after reporting an
+// unreachable peer, and a joining pool for the pools it must reach.
+constexpr std::chrono::minutes kPlanDecisionDeadline{2};
+constexpr std::chrono::minutes kJoinDeadline{30};
+
+// What the leader tells its ranks after the exchange point of a step.
+enum StepAction : int64_t {
+  kProceed = 0,      // apply the step
+  kFail = 1,         // the leader failed: a status follows
+  kRedo = 2,         // a pool was lost: switch plans, redo the step
+  kReplanAfter = 3,  // apply the step, then switch plans (a pool joins)
+  kStop = 4,         // apply the step, then stop: the coordinator said so
+};
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -236,8 +262,48 @@ class Trainer {
   int pool_index_ = 0;
   uint32_t rank_offset_ = 0;      // ranks of the pools before this one
   std::unique_ptr<Codec> codec_;  // leader of a multi-pool job only
-  std::unique_ptr<Link> link_;    // leader of a multi-pool job only
+  std::unique_ptr<Link> link_;    // leader, while several pools are active
   uint64_t fp32_bytes_exchanged_ = 0;
+
+  // Plans (coordinator mode). Every rank knows the active pools and the
+  // generation; the leader also the peers' addresses and the plan client.
+  bool following_plans() const { return !options_.coordinator.empty(); }
+  bool Active(uint32_t pool) const {
+    return std::find(active_.begin(), active_.end(), pool) != active_.end();
+  }
+  absl::Status AdoptPlan(const v1::Plan& plan);
+  // Collective: the leader's active pools and their sizes reach every rank,
+  // which derive their place in the global batch from them.
+  absl::Status SharePlan();
+  // Leader: rebuilds the link for `plan` and, with peers, agrees on the state
+  // with them; follows newer plans while a peer is lost on the way.
+  absl::Status FollowPlan(v1::Plan plan);
+  // Collective: the leader follows pending_plan_, then every rank the layout.
+  absl::Status SwitchPlan();
+  absl::Status JoinRunningJob(bool* have_state);
+  // Leader: reports the active peers as unreachable and waits for the
+  // coordinator's decision (a plan of a newer generation).
+  absl::StatusOr<v1::Plan> AwaitPlanAfterLoss(uint32_t waited_ms);
+  // Leader: Link::Exchange with this job's deadline; with a coordinator,
+  // Aborted (and pending_plan_ set) when the plan changed while waiting.
+  absl::StatusOr<std::vector<std::string>> LeaderExchange(uint64_t round,
+                                                          absl::string_view payload);
+  void StopLink();
+  void LogSamples(const std::vector<uint32_t>& batch, uint32_t begin, uint32_t end);
+  uint64_t WanBytesSent() const {
+    return wan_bytes_retired_ + (link_ != nullptr ? link_->Stats().wire_bytes_sent : 0);
+  }
+
+  std::vector<uint32_t> active_;  // pools that train now, ascending
+  uint64_t generation_ = 0;
+  uint32_t total_ranks_ = 0;
+  std::vector<std::string> link_addresses_;  // leader; by pool index
+  std::unique_ptr<PlanClient> plan_client_;  // leader, coordinator mode
+  std::optional<v1::Plan> pending_plan_;     // leader
+  bool joining_ = false;
+  bool stopped_ = false;
+  uint64_t wan_bytes_retired_ = 0;  // sent by links since replaced
+  int sample_log_fd_ = -1;
 };
 
 at::Tensor Trainer::Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const {
@@ -318,7 +384,11 @@ absl::Status Trainer::OpenStoreAndResume() {
       status = RestoreCodecState(*checkpoint);
     }
     bool have_state = checkpoint.has_value();
-    if (status.ok() && link_ != nullptr) status = ReconcileAcrossPools(&have_state);
+    if (status.ok() && joining_) {
+      status = JoinRunningJob(&have_state);
+    } else if (status.ok() && link_ != nullptr) {
+      status = ReconcileAcrossPools(&have_state);
+    }
     if (have_state && !checkpoint.has_value()) checkpoint.emplace();
   }
   status = ShareStatus(comm_, status);
@@ -395,38 +465,45 @@ absl::Status Trainer::RestoreCodecState(const Checkpoint& checkpoint) {
   return codec_->LoadState(state);
 }
 
-// The leaders agree on where the job goes on: the newest checkpoint any pool
-// holds. A pool whose store lacks it (a cloud that joined, or lost its
-// disk) receives the whole state from the first pool that has it.
+// The leaders agree on where the job goes on: the newest state any pool
+// holds (a checkpoint, or the live state of a pool already training). A pool
+// that lacks it (a cloud that joined, or lost its disk) receives the whole
+// state from the first pool that has it.
 absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
   const int64_t mine = *have_state ? static_cast<int64_t>(step_) : -1;
-  absl::StatusOr<std::vector<std::string>> steps = link_->Exchange(
-      kRoundResume, std::string(reinterpret_cast<const char*>(&mine), 8), ExchangeDeadline());
+  absl::StatusOr<std::vector<std::string>> steps =
+      LeaderExchange(kRoundResume, std::string(reinterpret_cast<const char*>(&mine), 8));
   if (!steps.ok()) return steps.status();
   int64_t newest = -1;
   int sender = -1;
+  bool all_same = true;
   for (size_t pool = 0; pool < steps->size(); ++pool) {
     int64_t step = -1;
     if ((*steps)[pool].size() != sizeof(step)) {
       return absl::DataLossError("a peer sent a malformed resume message");
     }
     std::memcpy(&step, (*steps)[pool].data(), sizeof(step));
+    all_same = all_same && step == mine;
     if (step > newest) {
       newest = step;
       sender = static_cast<int>(pool);
     }
   }
-  if (newest < 0) return absl::OkStatus();
+  // Every pool at the same step (or none with any state): nothing to send.
+  if (newest < 0 || all_same) return absl::OkStatus();
+  // Link positions and spec pool indices differ once a plan leaves pools out.
+  const auto cloud_at = [this](int position) {
+    return spec_.pools(static_cast<int>(active_[position])).cloud();
+  };
   std::string payload;
-  if (sender == pool_index_) {
+  if (sender == link_->pool_index()) {
     const uint64_t header[2] = {step_, cursor_};
     payload.append(reinterpret_cast<const char*>(header), sizeof(header));
     for (auto& [name, tensor] : StateTensors(model_, *optimizer_)) {
       payload.append(static_cast<const char*>(tensor.data_ptr()), tensor.nbytes());
     }
   }
-  absl::StatusOr<std::vector<std::string>> states =
-      link_->Exchange(kRoundState, payload, ExchangeDeadline());
+  absl::StatusOr<std::vector<std::string>> states = LeaderExchange(kRoundState, payload);
   if (!states.ok()) return states.status();
   if (mine == newest) return absl::OkStatus();
   const std::string& state = (*states)[sender];
@@ -436,7 +513,7 @@ absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
   if (state.size() != expected) {
     return absl::DataLossError(
         absl::StrFormat("pool %s sent a state of %d bytes; this model and optimizer need %d",
-                        spec_.pools(sender).cloud(), state.size(), expected));
+                        cloud_at(sender), state.size(), expected));
   }
   uint64_t header[2];
   std::memcpy(header, state.data(), sizeof(header));
@@ -449,27 +526,37 @@ absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
   last_saved_step_ = UINT64_MAX;  // this pool's store does not have it yet
   *have_state = true;
   Emit({{"event", "warning"},
-        {"message",
-         absl::StrFormat("pool %s joins at step %d with the state of pool %s",
-                         spec_.pools(pool_index_).cloud(), step_, spec_.pools(sender).cloud())}});
+        {"message", absl::StrFormat("pool %s joins at step %d with the state of pool %s",
+                                    spec_.pools(pool_index_).cloud(), step_, cloud_at(sender))}});
   return absl::OkStatus();
 }
 
 absl::Status Trainer::StartLink() {
-  std::vector<std::vector<int64_t>> shapes;
-  for (const FlatModel::Slot& slot : model_.slots) shapes.push_back(slot.shape);
-  absl::StatusOr<std::unique_ptr<Codec>> codec =
-      MakeCodec(spec_.exchange(), shapes, spec_.train().seed());
-  if (!codec.ok()) return codec.status();
-  codec_ = std::move(*codec);
+  if (codec_ == nullptr) {
+    std::vector<std::vector<int64_t>> shapes;
+    for (const FlatModel::Slot& slot : model_.slots) shapes.push_back(slot.shape);
+    absl::StatusOr<std::unique_ptr<Codec>> codec =
+        MakeCodec(spec_.exchange(), shapes, spec_.train().seed());
+    if (!codec.ok()) return codec.status();
+    codec_ = std::move(*codec);
+  }
   GrpcLinkOptions link;
-  link.job_id = spec_.name();
+  // Links of different plan generations refuse each other (the job id must
+  // match), so a pool still on an old plan cannot mix into a new one.
+  link.job_id = following_plans() ? absl::StrCat(spec_.name(), "#", generation_) : spec_.name();
   link.cloud = spec_.pools(pool_index_).cloud();
-  link.pool_index = pool_index_;
-  link.pool_count = spec_.pools_size();
+  link.pool_count = static_cast<int>(active_.size());
+  for (size_t i = 0; i < active_.size(); ++i) {
+    if (active_[i] == static_cast<uint32_t>(pool_index_)) link.pool_index = static_cast<int>(i);
+  }
   link.listen_address = options_.link_listen;
   link.streams_per_peer = static_cast<int>(spec_.exchange().streams());
-  link.peer_addresses = options_.link_peers;
+  if (static_cast<int>(link_addresses_.size()) != spec_.pools_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--link-peers names %d addresses for %d pools", link_addresses_.size(),
+                        spec_.pools_size()));
+  }
+  for (uint32_t pool : active_) link.peer_addresses.push_back(link_addresses_[pool]);
   if (options_.insecure) {
     link.server_credentials = grpc::InsecureServerCredentials();
     link.channel_credentials = grpc::InsecureChannelCredentials();
@@ -483,16 +570,276 @@ absl::Status Trainer::StartLink() {
     link.server_credentials = *server;
     link.channel_credentials = *channel;
   }
-  if (static_cast<int>(link.peer_addresses.size()) != spec_.pools_size()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--link-peers names %d addresses for %d pools", link.peer_addresses.size(),
-                        spec_.pools_size()));
-  }
   absl::StatusOr<std::unique_ptr<GrpcLink>> created = GrpcLink::Create(link);
   if (!created.ok()) return created.status();
   link_ = std::move(*created);
   // Fail fast on a wrong address, certificate or job before any work.
   return link_->Connect(ExchangeDeadline());
+}
+
+void Trainer::StopLink() {
+  if (link_ == nullptr) return;
+  wan_bytes_retired_ += link_->Stats().wire_bytes_sent;
+  link_.reset();
+}
+
+absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
+                                                                 absl::string_view payload) {
+  if (plan_client_ == nullptr) return link_->Exchange(round, payload, ExchangeDeadline());
+  const Clock::time_point start = Clock::now();
+  while (true) {
+    const auto waited =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    absl::StatusOr<std::vector<std::string>> all = link_->Exchange(
+        round, payload, std::max(std::chrono::milliseconds(1),
+                                 std::min(kExchangeSlice, ExchangeDeadline() - waited)));
+    if (all.ok()) return all;
+    if (!absl::IsDeadlineExceeded(all.status()) && !absl::IsUnavailable(all.status())) {
+      return all.status();
+    }
+    std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
+    if (newer.has_value()) {
+      pending_plan_ = std::move(newer);
+      return absl::AbortedError("the job's plan changed during an exchange");
+    }
+    if (Clock::now() - start >= ExchangeDeadline()) {
+      Emit({{"event", "warning"},
+            {"message", absl::StrFormat("exchange of round %d: %s; asking the coordinator", round,
+                                        all.status().message())}});
+      absl::StatusOr<v1::Plan> plan = AwaitPlanAfterLoss(static_cast<uint32_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()));
+      if (!plan.ok()) return plan.status();
+      pending_plan_ = std::move(*plan);
+      return absl::AbortedError("the job's plan changed after a peer was lost");
+    }
+  }
+}
+
+absl::StatusOr<v1::Plan> Trainer::AwaitPlanAfterLoss(uint32_t waited_ms) {
+  PlanReport report;
+  report.step = step_;
+  report.unreachable_for_ms = waited_ms;
+  for (uint32_t pool : active_) {
+    if (pool != static_cast<uint32_t>(pool_index_)) report.unreachable_pools.push_back(pool);
+  }
+  const Clock::time_point deadline = Clock::now() + kPlanDecisionDeadline;
+  absl::Status last;
+  while (Clock::now() < deadline) {
+    absl::StatusOr<v1::Plan> plan =
+        plan_client_->Sync(generation_, report, std::chrono::milliseconds(1000));
+    if (plan.ok() && (plan->generation() > generation_ || plan->stop())) return plan;
+    if (!plan.ok()) {
+      last = plan.status();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // coordinator restarting
+    }
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "the peers of pool %s were unreachable and the coordinator did not decide within %d s%s",
+      spec_.pools(pool_index_).cloud(),
+      std::chrono::duration_cast<std::chrono::seconds>(kPlanDecisionDeadline).count(),
+      last.ok() ? "" : absl::StrCat(" (", last.message(), ")")));
+}
+
+absl::Status Trainer::AdoptPlan(const v1::Plan& plan) {
+  if (plan.stop()) {
+    return absl::AbortedError(absl::StrFormat("pool %s was stopped by the coordinator: %s",
+                                              spec_.pools(pool_index_).cloud(), plan.reason()));
+  }
+  if (plan.pools_size() > kMaxPools || plan.active_pools_size() == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the coordinator sent a plan with %d pools, %d active", plan.pools_size(),
+        plan.active_pools_size()));
+  }
+  if (plan.pools_size() > 0) {
+    spec_.clear_pools();
+    for (const v1::PoolSpec& pool : plan.pools()) *spec_.add_pools() = pool;
+  }
+  if (pool_index_ >= spec_.pools_size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--pool %d: the coordinator's plan has %d pools", pool_index_, spec_.pools_size()));
+  }
+  active_.assign(plan.active_pools().begin(), plan.active_pools().end());
+  for (uint32_t pool : active_) {
+    if (pool >= static_cast<uint32_t>(spec_.pools_size())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the coordinator's plan makes pool %d active; it has %d", pool, spec_.pools_size()));
+    }
+  }
+  std::sort(active_.begin(), active_.end());
+  generation_ = plan.generation();
+  link_addresses_.assign(plan.link_addresses().begin(), plan.link_addresses().end());
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::SharePlan() {
+  // generation, pool count, workers by pool, active count, active pools
+  std::vector<uint64_t> packed(3 + 2 * kMaxPools, 0);
+  if (comm_.rank() == 0) {
+    packed[0] = generation_;
+    packed[1] = static_cast<uint64_t>(spec_.pools_size());
+    for (int i = 0; i < spec_.pools_size(); ++i) packed[2 + i] = spec_.pools(i).workers();
+    packed[2 + kMaxPools] = active_.size();
+    for (size_t i = 0; i < active_.size(); ++i) packed[3 + kMaxPools + i] = active_[i];
+  }
+  absl::Status status = comm_.Broadcast(packed.data(), packed.size() * sizeof(uint64_t), 0);
+  if (!status.ok()) return status;
+  generation_ = packed[0];
+  while (spec_.pools_size() < static_cast<int>(packed[1])) spec_.add_pools();
+  while (spec_.pools_size() > static_cast<int>(packed[1])) spec_.mutable_pools()->RemoveLast();
+  for (int i = 0; i < spec_.pools_size(); ++i) {
+    spec_.mutable_pools(i)->set_workers(static_cast<uint32_t>(packed[2 + i]));
+  }
+  active_.clear();
+  for (uint64_t i = 0; i < packed[2 + kMaxPools]; ++i) {
+    active_.push_back(static_cast<uint32_t>(packed[3 + kMaxPools + i]));
+  }
+  rank_offset_ = 0;
+  total_ranks_ = 0;
+  for (uint32_t pool : active_) {
+    if (pool < static_cast<uint32_t>(pool_index_)) rank_offset_ += spec_.pools(pool).workers();
+    total_ranks_ += spec_.pools(pool).workers();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::FollowPlan(v1::Plan plan) {
+  const Clock::time_point deadline = Clock::now() + kPlanDecisionDeadline;
+  while (true) {
+    absl::Status status = AdoptPlan(plan);
+    if (!status.ok()) return status;
+    StopLink();
+    if (!Active(static_cast<uint32_t>(pool_index_))) {
+      return absl::AbortedError(absl::StrFormat(
+          "pool %s is no longer in the job's plan (generation %d): %s",
+          spec_.pools(pool_index_).cloud(), generation_, plan.reason()));
+    }
+    Emit({{"event", "plan"},
+          {"generation", generation_},
+          {"active", active_},
+          {"step", step_},
+          {"reason", plan.reason()}});
+    if (active_.size() < 2) return absl::OkStatus();
+    status = StartLink();
+    if (status.ok()) {
+      bool have_state = true;
+      status = ReconcileAcrossPools(&have_state);
+    }
+    if (status.ok()) return absl::OkStatus();
+    if (absl::IsAborted(status) && pending_plan_.has_value()) {
+      plan = std::move(*pending_plan_);
+      pending_plan_.reset();
+      continue;
+    }
+    // A link that could not connect, or a peer refusing this generation: the
+    // coordinator decides what happens to the pools we could not reach.
+    if (!absl::IsDeadlineExceeded(status) && !absl::IsUnavailable(status) &&
+        !absl::IsFailedPrecondition(status)) {
+      return status;
+    }
+    if (Clock::now() >= deadline) return status;
+    absl::StatusOr<v1::Plan> newer = AwaitPlanAfterLoss(
+        static_cast<uint32_t>(options_.exchange_timeout_ms));
+    if (!newer.ok()) return newer.status();
+    plan = std::move(*newer);
+  }
+}
+
+absl::Status Trainer::SwitchPlan() {
+  absl::Status status;
+  if (comm_.rank() == 0) {
+    v1::Plan plan = std::move(*pending_plan_);
+    pending_plan_.reset();
+    status = FollowPlan(std::move(plan));
+    if (status.ok()) plan_client_->Watch(generation_);
+  }
+  status = ShareStatus(comm_, status);
+  if (!status.ok()) return status;
+  return SharePlan();
+}
+
+// A pool launched while the job runs elsewhere: it reaches every active pool
+// first (a cloud behind a partition stays out instead of stalling the
+// others), then asks the coordinator to join and takes the state at the
+// step boundary where the others let it in.
+absl::Status Trainer::JoinRunningJob(bool* have_state) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options_.insecure) {
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel =
+        ChannelCredentials(options_.certs_dir);
+    if (!channel.ok()) return channel.status();
+    credentials = *channel;
+  }
+  const Clock::time_point deadline = Clock::now() + kJoinDeadline;
+  bool announced = false;
+  while (Clock::now() < deadline) {
+    std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
+    if (newer.has_value()) {
+      absl::Status status = AdoptPlan(*newer);
+      if (!status.ok()) return status;
+    }
+    std::vector<std::string> unreachable;
+    for (uint32_t pool : active_) {
+      std::shared_ptr<grpc::Channel> channel =
+          grpc::CreateChannel(link_addresses_[pool], credentials);
+      if (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                     std::chrono::milliseconds(1000))) {
+        unreachable.push_back(spec_.pools(static_cast<int>(pool)).cloud());
+      }
+    }
+    if (!unreachable.empty()) {
+      if (!announced) {
+        Emit({{"event", "warning"},
+              {"message", absl::StrFormat("pool %s waits to join: cannot reach %s yet",
+                                          spec_.pools(pool_index_).cloud(),
+                                          absl::StrJoin(unreachable, ", "))}});
+        announced = true;
+      }
+      continue;
+    }
+    PlanReport report;
+    report.ready_to_join = true;
+    report.step = *have_state ? step_ : 0;
+    absl::StatusOr<v1::Plan> plan =
+        plan_client_->Sync(generation_, report, std::chrono::milliseconds(2000));
+    if (!plan.ok()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // coordinator restarting
+      continue;
+    }
+    if (plan->stop()) return AdoptPlan(*plan);
+    bool in = false;
+    for (uint32_t pool : plan->active_pools()) in = in || pool == static_cast<uint32_t>(pool_index_);
+    if (!in) {
+      absl::Status status = AdoptPlan(*plan);
+      if (!status.ok()) return status;
+      continue;
+    }
+    absl::Status status = AdoptPlan(*plan);
+    if (!status.ok()) return status;
+    if (active_.size() < 2) {
+      return absl::FailedPreconditionError(
+          "the coordinator let this pool join a job with no other active pool to take the "
+          "state from");
+    }
+    status = StartLink();
+    if (status.ok()) status = ReconcileAcrossPools(have_state);
+    if (status.ok()) {
+      joining_ = false;
+      return absl::OkStatus();
+    }
+    if (absl::IsAborted(status) && pending_plan_.has_value()) {
+      status = AdoptPlan(*pending_plan_);
+      pending_plan_.reset();
+      if (!status.ok()) return status;
+    }
+    StopLink();
+    Emit({{"event", "warning"},
+          {"message", absl::StrFormat("pool %s could not join at generation %d: %s",
+                                      spec_.pools(pool_index_).cloud(), generation_,
+                                      status.message())}});
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "pool %s could not join the job within %d minutes", spec_.pools(pool_index_).cloud(),
+      std::chrono::duration_cast<std::chrono::minutes>(kJoinDeadline).count()));
 }
 
 absl::Status Trainer::ExchangeGradients() {
@@ -501,12 +848,22 @@ absl::Status Trainer::ExchangeGradients() {
   const double loss = grad[n];
   std::string mine(reinterpret_cast<const char*>(&loss), sizeof(loss));
   std::string encoded;
+  // A step that a lost pool keeps from completing is redone; its error
+  // feedback must not count twice.
+  CodecState before;
+  if (plan_client_ != nullptr) before = codec_->State();
+  const auto restore_on_abort = [&](const absl::Status& status) {
+    if (absl::IsAborted(status) && plan_client_ != nullptr) {
+      absl::Status restored = codec_->LoadState(before);
+      if (!restored.ok()) return restored;
+    }
+    return status;
+  };
   absl::Status status = codec_->BeginStep(grad, n, &encoded);
   if (!status.ok()) return status;
   mine += encoded;
-  absl::StatusOr<std::vector<std::string>> all =
-      link_->Exchange(RoundOf(step_, 0), mine, ExchangeDeadline());
-  if (!all.ok()) return all.status();
+  absl::StatusOr<std::vector<std::string>> all = LeaderExchange(RoundOf(step_, 0), mine);
+  if (!all.ok()) return restore_on_abort(all.status());
   double total_loss = 0;
   std::vector<std::string> payloads;
   for (const std::string& p : *all) {
@@ -519,14 +876,14 @@ absl::Status Trainer::ExchangeGradients() {
   for (int round = 1; round < codec_->rounds(); ++round) {
     status = codec_->NextRound(payloads, &encoded);
     if (!status.ok()) return status;
-    all = link_->Exchange(RoundOf(step_, round), encoded, ExchangeDeadline());
-    if (!all.ok()) return all.status();
+    all = LeaderExchange(RoundOf(step_, round), encoded);
+    if (!all.ok()) return restore_on_abort(all.status());
     payloads = std::move(*all);
   }
   status = codec_->FinishStep(payloads, grad, n);
   if (!status.ok()) return status;
   grad[n] = static_cast<float>(total_loss);
-  fp32_bytes_exchanged_ += n * sizeof(float) * (spec_.pools_size() - 1);
+  fp32_bytes_exchanged_ += n * sizeof(float) * (active_.size() - 1);
   return absl::OkStatus();
 }
 
@@ -534,14 +891,15 @@ absl::Status Trainer::ExchangeGradients() {
 // and optimizer state: every cloud must hold the same bits.
 absl::Status Trainer::CheckCloudsAgree(uint64_t round) {
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
-  absl::StatusOr<std::vector<std::string>> all = link_->Exchange(round, digest, ExchangeDeadline());
+  absl::StatusOr<std::vector<std::string>> all = LeaderExchange(round, digest);
   if (!all.ok()) return all.status();
   for (size_t pool = 0; pool < all->size(); ++pool) {
     if ((*all)[pool] != digest) {
       return absl::InternalError(absl::StrFormat(
           "the parameters of pool %s differ from pool %s's after step %d: the clouds diverged "
           "(digests %s and %s)",
-          spec_.pools(pool).cloud(), spec_.pools(pool_index_).cloud(), step_,
+          spec_.pools(static_cast<int>(active_[pool])).cloud(), spec_.pools(pool_index_).cloud(),
+          step_,
           (*all)[pool].substr(0, 16), digest.substr(0, 16)));
     }
   }
@@ -657,6 +1015,17 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate() {
   return std::make_pair(sums[1] / test_.count, sums[0] / test_.count);
 }
 
+void Trainer::LogSamples(const std::vector<uint32_t>& batch, uint32_t begin, uint32_t end) {
+  if (sample_log_fd_ < 0) return;
+  std::string line = absl::StrFormat("%d %d", step_, generation_);
+  for (uint32_t i = begin; i < end; ++i) absl::StrAppend(&line, " ", batch[i]);
+  line += "\n";
+  // One write per line: a rank killed mid-run leaves whole lines behind.
+  if (::write(sample_log_fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    std::cerr << "tandem worker: cannot append to the sample log: " << std::strerror(errno) << "\n";
+  }
+}
+
 absl::Status Trainer::CheckReplicasAgree(const std::string& digest) {
   std::vector<char> all(digest.size() * comm_.size());
   absl::Status status = comm_.AllGather(digest.data(), digest.size(), all.data());
@@ -684,6 +1053,48 @@ absl::Status Trainer::Run() {
     return absl::InvalidArgumentError(
         absl::StrFormat("--pool %d: the spec has %d pools", pool_index_, spec_.pools_size()));
   }
+  for (uint32_t i = 0; i < static_cast<uint32_t>(spec_.pools_size()); ++i) active_.push_back(i);
+  link_addresses_ = options_.link_peers;
+  absl::Status status;
+  if (following_plans() && comm_.rank() == 0) {
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (!options_.insecure) {
+      absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel =
+          ChannelCredentials(options_.certs_dir);
+      status = channel.status();
+      if (channel.ok()) credentials = *channel;
+    }
+    if (status.ok()) {
+      plan_client_ = std::make_unique<PlanClient>(options_.coordinator, credentials, spec_.name(),
+                                                  options_.pool_index);
+      absl::StatusOr<v1::Plan> plan =
+          plan_client_->Sync(0, PlanReport{}, std::chrono::milliseconds(0));
+      status = plan.ok() ? AdoptPlan(*plan) : plan.status();
+    }
+    if (status.ok()) {
+      joining_ = !Active(options_.pool_index);
+      plan_client_->Watch(generation_);
+    }
+  }
+  if (following_plans()) {
+    status = ShareStatus(comm_, status);
+    if (!status.ok()) return status;
+    status = SharePlan();
+    if (!status.ok()) return status;
+  } else {
+    total_ranks_ = TotalWorkers(spec_);
+    for (int i = 0; i < pool_index_; ++i) rank_offset_ += spec_.pools(i).workers();
+  }
+  if (!options_.sample_log_dir.empty()) {
+    const std::string path =
+        absl::StrFormat("%s/%s-l%d-r%d.log", options_.sample_log_dir,
+                        spec_.pools(pool_index_).cloud(), options_.launch, comm_.rank());
+    sample_log_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (sample_log_fd_ < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--sample-log: cannot open %s: %s", path, std::strerror(errno)));
+    }
+  }
   const v1::PoolSpec& pool = spec_.pools(pool_index_);
   if (pool.workers() != static_cast<uint32_t>(comm_.size())) {
     return absl::InvalidArgumentError(
@@ -695,8 +1106,6 @@ absl::Status Trainer::Run() {
         "exchange.mode: delayed (the exchange of a step overlapping the next step's compute) "
         "is not available in this version; use sync");
   }
-  for (int i = 0; i < pool_index_; ++i) rank_offset_ += spec_.pools(i).workers();
-  const uint32_t total_ranks = TotalWorkers(spec_);
 
   absl::StatusOr<MnistSplit> train_split = LoadFashionMnist(spec_.data().path(), Split::kTrain);
   if (!train_split.ok()) return train_split.status();
@@ -716,13 +1125,17 @@ absl::Status Trainer::Run() {
     if (!init.ok()) return init;
   }
 
-  absl::Status status;
-  if (spec_.pools_size() > 1 && comm_.rank() == 0) {
+  if (active_.size() > 1 && !joining_ && comm_.rank() == 0) {
     status = StartLink();
     if (!status.ok()) return status;
   }
   status = OpenStoreAndResume();
   if (!status.ok()) return status;
+  // A pool that joined a running job knows its place only now.
+  if (following_plans()) {
+    status = SharePlan();
+    if (!status.ok()) return status;
+  }
 
   const uint64_t total_steps = sampler_->TotalSteps(train.epochs(), train.max_steps());
   Emit({{"event", "start"},
@@ -750,7 +1163,7 @@ absl::Status Trainer::Run() {
     // This rank's slice of the global batch: ranks are numbered across every
     // pool of the job, so the batch does not depend on the layout.
     const auto [begin, end] =
-        GlobalSampler::RankSlice(batch_size, rank_offset_ + comm_.rank(), total_ranks);
+        GlobalSampler::RankSlice(batch_size, rank_offset_ + comm_.rank(), total_ranks_);
     const int64_t n = end - begin;
 
     model_.grad_and_loss.zero_();
@@ -770,13 +1183,42 @@ absl::Status Trainer::Run() {
     }
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
-    if (spec_.pools_size() > 1) {
-      // The leaders combine their pools' gradients across clouds; the leader
-      // then hands the combined one to its pool.
-      if (comm_.rank() == 0) {
-        status = ExchangeGradients();
-        if (!status.ok()) return status;
+    // The leaders combine their pools' gradients across clouds; the leader
+    // then tells its pool how the step ends and hands it the combined one.
+    int64_t action = kProceed;
+    absl::Status leader_status;
+    if (comm_.rank() == 0) {
+      if (pending_plan_.has_value()) {
+        action = kRedo;  // a peer was lost after the previous step
+      } else if (link_ != nullptr) {
+        leader_status = ExchangeGradients();
+        if (absl::IsAborted(leader_status) && pending_plan_.has_value()) {
+          action = kRedo;
+        } else if (!leader_status.ok()) {
+          action = kFail;
+        }
       }
+      if (action == kProceed && plan_client_ != nullptr) {
+        plan_client_->SetStep(step_);
+        std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
+        if (newer.has_value()) {
+          action = newer->stop() ? kStop : kReplanAfter;
+          pending_plan_ = std::move(newer);
+        }
+      }
+    }
+    if (following_plans() || spec_.pools_size() > 1) {
+      status = comm_.Broadcast(&action, sizeof(action), 0);
+      if (!status.ok()) return status;
+    }
+    if (action == kFail) return ShareStatus(comm_, leader_status);
+    if (action == kRedo) {
+      // The same global batch again, split among the ranks that are left.
+      status = SwitchPlan();
+      if (!status.ok()) return status;
+      continue;
+    }
+    if (active_.size() > 1) {
       status = comm_.Broadcast(model_.grad_and_loss.data_ptr(), model_.grad_and_loss.nbytes(), 0);
       if (!status.ok()) return status;
     }
@@ -786,6 +1228,7 @@ absl::Status Trainer::Run() {
       at::Tensor grad = model_.grad();
       optimizer_->Step(model_.params, grad);
     }
+    LogSamples(batch, begin, end);
     ++step_;
     cursor_ += batch_size;
     trained_samples += batch_size;
@@ -800,7 +1243,8 @@ absl::Status Trainer::Run() {
             {"cursor", cursor_},
             {"loss", last_loss},
             {"samples_per_s", window_samples / std::max(1e-9, SecondsSince(window_start))},
-            {"wan_bytes_sent", link_ != nullptr ? link_->Stats().wire_bytes_sent : 0}});
+            {"wan_bytes_sent", WanBytesSent()},
+            {"generation", generation_}});
       window_start = Clock::now();
       window_samples = 0;
     }
@@ -813,15 +1257,36 @@ absl::Status Trainer::Run() {
             {"test_accuracy", eval->first},
             {"test_loss", eval->second}});
     }
-    const uint32_t digest_every = spec_.exchange().digest_every_steps();
-    if (link_ != nullptr && digest_every != 0 && step_ % digest_every == 0) {
-      status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound));
+    if (action == kStop) {
+      stopped_ = true;
+      break;
+    }
+    if (action == kReplanAfter) {
+      status = SwitchPlan();
       if (!status.ok()) return status;
+    }
+    const uint32_t digest_every = spec_.exchange().digest_every_steps();
+    if (comm_.rank() == 0 && link_ != nullptr && digest_every != 0 && step_ % digest_every == 0) {
+      status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound));
+      // A peer lost during the check: the plan changes before the next step.
+      if (!status.ok() && !(absl::IsAborted(status) && pending_plan_.has_value())) return status;
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
       SaveCheckpoint();
     }
     if (comm_.rank() == 0) ReportSaves(/*wait=*/false);
+  }
+  if (stopped_) {
+    // The coordinator moves the job elsewhere (or no longer needs this pool):
+    // leave the state in the store if asked, and end without a "done".
+    if (comm_.rank() == 0) {
+      if (pending_plan_->checkpoint_before_stop()) {
+        SaveCheckpoint();
+        ReportSaves(/*wait=*/true);
+      }
+      Emit({{"event", "stopped"}, {"step", step_}, {"reason", pending_plan_->reason()}});
+    }
+    return absl::OkStatus();
   }
   // Backward must have accumulated into our flat buffer, not into fresh
   // tensors; otherwise the allreduce would have summed zeros.
@@ -851,9 +1316,15 @@ absl::Status Trainer::Run() {
   if (link_ != nullptr) {
     // The slot of the step that would come next, which no round has used.
     status = CheckCloudsAgree(RoundOf(step_, 0));
-    if (!status.ok()) return status;
-    wan_bytes_sent = link_->Stats().wire_bytes_sent;
+    if (absl::IsAborted(status) && pending_plan_.has_value()) {
+      Emit({{"event", "warning"},
+            {"message", "a peer was lost after the last step: the final digest check between "
+                        "clouds was skipped"}});
+    } else if (!status.ok()) {
+      return status;
+    }
   }
+  if (comm_.rank() == 0) wan_bytes_sent = WanBytesSent();
 
   Emit({{"event", "done"},
         {"steps", step_},

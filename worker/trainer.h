@@ -42,8 +42,23 @@ struct WorkerOptions {
   // Mutual TLS material (tandem certs init), or plaintext when insecure.
   std::string certs_dir;
   bool insecure = false;
-  // A peer silent this long during an exchange fails the job.
+  // A peer silent this long during an exchange fails the job (with a
+  // coordinator: is reported to it as unreachable).
   uint32_t exchange_timeout_ms = 60000;
+
+  // A job run by `tandem agent`: the leader follows the plans of the
+  // coordinator at this address (worker/plan_client.h). It learns there which
+  // pools train together and every leader's address (link_peers is unused),
+  // reports peers it cannot reach, and survives their loss: the step that
+  // could not complete is redone by the surviving pools with their in-memory
+  // state, the global batch split among the ranks left. A pool the plan does
+  // not hold yet joins: it waits until it reaches the active pools, asks to
+  // join, and takes the state from them at a step boundary.
+  std::string coordinator;
+  // Test mode: every rank appends the sample ids of each step it completes to
+  // DIR/<cloud>-l<launch>-r<rank>.log, one line "step generation id id ...".
+  std::string sample_log_dir;
+  uint64_t launch = 0;  // the coordinator's launch number, for file names
 };
 
 // Runs this rank's share of the job to its end. Collective over `comm`.
