@@ -1161,7 +1161,12 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorState::Heartbeat(
       }
     }
   }
-  if (changed) Reconcile(txn);
+  // Lease expiry is left to the ticker: scanning every cloud on every
+  // heartbeat would cost O(clouds) per heartbeat.
+  if (changed) {
+    PlacePending(txn);
+    Relaunch(txn);
+  }
   v1::HeartbeatResponse response;
   response.mutable_lease()->set_lease_id(cloud.lease_id);
   response.mutable_lease()->set_expires_unix_ms(cloud.expires_ms);
