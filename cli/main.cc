@@ -21,6 +21,7 @@ Commands:
   replicate         copy a checkpoint to another cloud's store (only missing chunks)
   serve-store       serve a store to peers that replicate into it
   certs init [DIR]  make the CA and certificates for mutual TLS
+  coordinator       run the control plane (jobs, agents' leases, failover)
 
 Run `tandem COMMAND --help` for a command's options.
 
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   if (command == "replicate") return tandem::cli::ReplicateCommand(args);
   if (command == "serve-store") return tandem::cli::ServeStoreCommand(args);
   if (command == "certs") return tandem::cli::CertsCommand(args);
+  if (command == "coordinator") return tandem::cli::CoordinatorCommand(args);
   std::cerr << "tandem: unknown command '" << command
             << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;
