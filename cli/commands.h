@@ -18,6 +18,7 @@ int ExportCommand(const std::vector<std::string>& args);
 int CertsCommand(const std::vector<std::string>& args);
 int ServeStoreCommand(const std::vector<std::string>& args);
 int ReplicateCommand(const std::vector<std::string>& args);
+int AgentCommand(const std::vector<std::string>& args);
 int CoordinatorCommand(const std::vector<std::string>& args);
 // `tandem worker`: one rank of a pool, started by mpirun, not by users.
 int WorkerCommand(int argc, char** argv);
@@ -26,6 +27,8 @@ int WorkerCommand(int argc, char** argv);
 std::string DefaultStoreDir();
 // Where TLS material lives unless told: ~/.tandem/certs.
 std::string DefaultCertsDir();
+// This executable's path, for the processes it starts as `tandem ...`.
+std::string SelfExecutable();
 
 }  // namespace tandem::cli
 

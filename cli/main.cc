@@ -22,6 +22,7 @@ Commands:
   serve-store       serve a store to peers that replicate into it
   certs init [DIR]  make the CA and certificates for mutual TLS
   coordinator       run the control plane (jobs, agents' leases, failover)
+  agent             run one cloud's agent (its pool, worker groups, store)
 
 Run `tandem COMMAND --help` for a command's options.
 
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   if (command == "serve-store") return tandem::cli::ServeStoreCommand(args);
   if (command == "certs") return tandem::cli::CertsCommand(args);
   if (command == "coordinator") return tandem::cli::CoordinatorCommand(args);
+  if (command == "agent") return tandem::cli::AgentCommand(args);
   std::cerr << "tandem: unknown command '" << command
             << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;

@@ -24,6 +24,12 @@ std::string DefaultStoreDir() {
   return std::string(home != nullptr && *home != '\0' ? home : ".") + "/.tandem/store";
 }
 
+std::string SelfExecutable() {
+  std::error_code error;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  return error ? "tandem" : self.string();
+}
+
 std::string DefaultCertsDir() {
   const char* home = std::getenv("HOME");
   return std::string(home != nullptr && *home != '\0' ? home : ".") + "/.tandem/certs";
@@ -43,12 +49,6 @@ checkpoint.every_steps and at the end. On a terminal a live progress line
 shows step, loss, samples/s and ETA.
 
 Options)";
-
-std::string SelfExecutable() {
-  std::error_code error;
-  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
-  return error ? "tandem" : self.string();
-}
 
 }  // namespace
 

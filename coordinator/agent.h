@@ -16,6 +16,8 @@
 #ifndef TANDEM_COORDINATOR_AGENT_H_
 #define TANDEM_COORDINATOR_AGENT_H_
 
+#include <grpcpp/security/credentials.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>

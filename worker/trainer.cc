@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <iostream>
@@ -196,6 +197,19 @@ absl::Status RestoreTensors(const Checkpoint& checkpoint,
     std::memcpy(target.data_ptr(), stored.bytes.data(), stored.bytes.size());
   }
   return absl::OkStatus();
+}
+
+// A YAML job spec, or (from an agent) a serialized JobSpec in a ".pb" file.
+absl::StatusOr<v1::JobSpec> LoadSpec(const std::string& path) {
+  if (path.size() < 3 || path.compare(path.size() - 3, 3, ".pb") != 0) return LoadJobSpec(path);
+  std::ifstream in(path, std::ios::binary);
+  v1::JobSpec spec;
+  if (!in || !spec.ParseFromIstream(&in)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a serialized JobSpec"));
+  }
+  absl::Status valid = ValidateJobSpec(spec);
+  if (!valid.ok()) return valid;
+  return spec;
 }
 
 class Trainer {
@@ -1043,7 +1057,7 @@ absl::Status Trainer::CheckReplicasAgree(const std::string& digest) {
 absl::Status Trainer::Run() {
   const Clock::time_point run_start = Clock::now();
   torch::set_num_threads(1);
-  absl::StatusOr<v1::JobSpec> spec = LoadJobSpec(options_.spec_path);
+  absl::StatusOr<v1::JobSpec> spec = LoadSpec(options_.spec_path);
   if (!spec.ok()) return spec.status();
   spec_ = std::move(*spec);
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
@@ -1181,6 +1195,9 @@ absl::Status Trainer::Run() {
       (loss_sum / static_cast<double>(batch_size)).backward();
       model_.loss_slot() = loss_sum.item<float>();
     }
+    // Logged when computed: a pool lost right after the exchange still
+    // contributed its slice to the step the others complete.
+    LogSamples(batch, begin, end);
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
     // The leaders combine their pools' gradients across clouds; the leader
@@ -1228,7 +1245,6 @@ absl::Status Trainer::Run() {
       at::Tensor grad = model_.grad();
       optimizer_->Step(model_.params, grad);
     }
-    LogSamples(batch, begin, end);
     ++step_;
     cursor_ += batch_size;
     trained_samples += batch_size;

@@ -55,8 +55,10 @@ struct WorkerOptions {
   // not hold yet joins: it waits until it reaches the active pools, asks to
   // join, and takes the state from them at a step boundary.
   std::string coordinator;
-  // Test mode: every rank appends the sample ids of each step it completes to
+  // Test mode: every rank appends the sample ids of each step it computes to
   // DIR/<cloud>-l<launch>-r<rank>.log, one line "step generation id id ...".
+  // The step's update is the one of its last generation: a step redone after
+  // a loss is logged again with the new generation.
   std::string sample_log_dir;
   uint64_t launch = 0;  // the coordinator's launch number, for file names
 };

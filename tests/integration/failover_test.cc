@@ -1,0 +1,262 @@
+// The control plane with real processes: `tandem coordinator`, one
+// `tandem agent` per cloud and the worker groups they start with mpirun,
+// talking over gRPC on loopback. A cloud is lost by killing its agent's whole
+// process group (agent, mpirun, workers) with SIGKILL, as a vanished machine
+// would; the job must finish on the other cloud without losing a step, and
+// every training sample must be used exactly once (the workers' sample logs).
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "tandem/v1/coordinator.grpc.pb.h"
+#include "tests/support/background_tandem.h"
+#include "tests/support/run_tandem.h"
+#include "worker/job_spec.h"
+#include "worker/sampler.h"
+
+namespace tandem {
+namespace {
+
+using testing::BackgroundTandem;
+using testing::FreeLoopbackPort;
+using testing::TempDir;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kTrainSamples = 60000;  // Fashion-MNIST's training set
+constexpr auto kJobDeadline = std::chrono::minutes(6);
+
+std::string Address(int port) { return absl::StrFormat("127.0.0.1:%d", port); }
+
+class Cluster {
+ public:
+  explicit Cluster(const TempDir& dir) : dir_(dir), coordinator_port_(FreeLoopbackPort()) {
+    std::filesystem::create_directories(dir_.Join("samples"));
+  }
+
+  void StartCoordinator() {
+    coordinator_ = std::make_unique<BackgroundTandem>(
+        std::vector<std::string>{"coordinator", "--listen", Address(coordinator_port_),
+                                 "--state", dir_.Join("coordinator"), "--insecure",
+                                 "--lease-ttl-ms", "2000"},
+        dir_.Join("coordinator.log"));
+    auto channel =
+        grpc::CreateChannel(Address(coordinator_port_), grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                          std::chrono::seconds(30)))
+        << coordinator_->Log();
+    jobs_ = v1::JobService::NewStub(channel);
+  }
+
+  void KillCoordinator() {
+    coordinator_->SignalGroup(SIGKILL);
+    coordinator_->Wait(std::chrono::milliseconds(-1));
+  }
+
+  void StartAgent(const std::string& cloud, int slots) {
+    if (wan_ports_.count(cloud) == 0) wan_ports_[cloud] = FreeLoopbackPort();
+    agents_[cloud] = std::make_unique<BackgroundTandem>(
+        std::vector<std::string>{"agent", "--cloud", cloud, "--coordinator",
+                                 Address(coordinator_port_), "--store", dir_.Join(cloud),
+                                 "--slots", std::to_string(slots), "--wan-listen",
+                                 Address(wan_ports_[cloud]), "--insecure", "--heartbeat-ms", "500",
+                                 "--exchange-timeout-ms", "5000", "--sample-log",
+                                 dir_.Join("samples")},
+        dir_.Join(cloud + ".log"));
+  }
+
+  // The cloud vanishes: its agent and every process it started.
+  void KillCloud(const std::string& cloud) {
+    agents_[cloud]->SignalGroup(SIGKILL);
+    agents_[cloud]->Wait(std::chrono::milliseconds(-1));
+  }
+
+  // Waits until every named cloud is registered and alive.
+  void WaitForClouds(const std::vector<std::string>& clouds) {
+    WaitFor("clouds registered", [&] {
+      v1::ListPoolsResponse pools;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      if (!jobs_->ListPools(&context, v1::ListPoolsRequest(), &pools).ok()) return false;
+      size_t alive = 0;
+      for (const v1::PoolHealth& p : pools.pools()) {
+        for (const std::string& c : clouds) alive += p.alive() && p.pool().cloud() == c;
+      }
+      return alive == clouds.size();
+    });
+  }
+
+  std::string Submit(const std::string& yaml) {
+    const std::string path = dir_.Write("job.yaml", yaml);
+    absl::StatusOr<v1::JobSpec> spec = LoadJobSpec(path);
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() = *spec;
+    v1::SubmitJobResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status status = jobs_->SubmitJob(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.job_id();
+  }
+
+  v1::JobStatus Job(const std::string& id) {
+    v1::GetJobRequest request;
+    request.set_job_id(id);
+    v1::JobStatus job;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Status status = jobs_->GetJob(&context, request, &job);
+    return status.ok() ? job : v1::JobStatus();
+  }
+
+  // Polls the coordinator (a cheap RPC) until `done` holds; fails the test
+  // with the processes' logs at the deadline.
+  void WaitFor(const std::string& what, const std::function<bool()>& done,
+               std::chrono::milliseconds deadline = kJobDeadline) {
+    const Clock::time_point end = Clock::now() + deadline;
+    while (!done()) {
+      if (Clock::now() > end) {
+        ADD_FAILURE() << "timed out waiting for " << what << "\n" << Logs();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+
+  v1::JobStatus WaitForState(const std::string& id, v1::JobState state) {
+    v1::JobStatus job;
+    WaitFor(v1::JobState_Name(state), [&] {
+      job = Job(id);
+      return job.state() == state || job.state() == v1::JOB_STATE_FAILED ||
+             job.state() == v1::JOB_STATE_CANCELLED;
+    });
+    EXPECT_EQ(job.state(), state) << job.DebugString() << Logs();
+    return job;
+  }
+
+  std::string Logs() const {
+    std::string all = "--- coordinator\n" + (coordinator_ ? coordinator_->Log() : "");
+    for (const auto& [cloud, agent] : agents_) all += "--- " + cloud + "\n" + agent->Log();
+    return all;
+  }
+
+ private:
+  const TempDir& dir_;
+  const int coordinator_port_;
+  std::unique_ptr<BackgroundTandem> coordinator_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::map<std::string, int> wan_ports_;
+  std::map<std::string, std::unique_ptr<BackgroundTandem>> agents_;
+};
+
+std::string TwoCloudSpec(uint64_t max_steps) {
+  return absl::StrFormat(R"(name: failover
+model: {arch: cnn}
+train: {epochs: 1, max_steps: %d, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 7}
+checkpoint: {every_steps: 50, keep: 2, async: true}
+exchange: {codec: none, digest_every_steps: 10}
+pools:
+  - {cloud: cloud-a, workers: 1}
+  - {cloud: cloud-b, workers: 1}
+)",
+                         max_steps);
+}
+
+// Every step 0..steps-1 consumed exactly the samples of its global batch, once.
+// Ranks log the slice they computed; a step's update is made of the slices of
+// its last generation (an attempt that a loss interrupted was redone by the
+// survivors under a newer generation, and its gradients were discarded).
+void ExpectEverySampleOnce(const std::string& dir, uint64_t steps, uint32_t batch,
+                           uint64_t seed) {
+  std::map<uint64_t, std::map<uint64_t, std::multiset<uint32_t>>> by_step;  // step -> gen -> ids
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      ASSERT_GE(fields.size(), 2u) << entry.path() << ": " << line;
+      const uint64_t step = std::stoull(fields[0]);
+      const uint64_t generation = std::stoull(fields[1]);
+      auto& ids = by_step[step][generation];
+      for (size_t i = 2; i < fields.size(); ++i) ids.insert(std::stoul(fields[i]));
+    }
+  }
+  GlobalSampler sampler(kTrainSamples, batch, seed);
+  ASSERT_EQ(by_step.size(), steps);
+  std::set<uint32_t> seen;
+  for (uint64_t step = 0; step < steps; ++step) {
+    ASSERT_EQ(by_step.count(step), 1u) << "no rank logged step " << step;
+    const std::multiset<uint32_t>& ids = by_step[step].rbegin()->second;
+    const std::vector<uint32_t> expected = sampler.GlobalBatch(step * batch);
+    EXPECT_EQ(ids, std::multiset<uint32_t>(expected.begin(), expected.end()))
+        << "step " << step << " generation " << by_step[step].rbegin()->first;
+    for (uint32_t id : ids) EXPECT_TRUE(seen.insert(id).second) << "sample " << id << " twice";
+  }
+}
+
+bool HasEvent(const v1::JobStatus& job, v1::JobState to, const std::string& text) {
+  for (const v1::JobEvent& e : job.events()) {
+    if (e.to() == to && e.reason().find(text) != std::string::npos) return true;
+  }
+  return false;
+}
+
+TEST(FailoverTest, LosingACloudMidRunTheJobSucceedsOnTheOtherWithEverySampleOnce) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const uint64_t steps = 300;
+  const std::string job = cluster.Submit(TwoCloudSpec(steps));
+  ASSERT_FALSE(job.empty());
+  cluster.WaitFor("step 60", [&] { return cluster.Job(job).progress().step() >= 60; });
+  cluster.KillCloud("cloud-a");
+
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  EXPECT_TRUE(HasEvent(done, v1::JOB_STATE_RECOVERING, "cloud-a")) << done.DebugString();
+  EXPECT_GT(done.last_recover_s(), 0) << done.DebugString();
+  EXPECT_EQ(done.restarts(), 0u) << "the survivors restarted instead of going on";
+  EXPECT_GT(done.progress().test_accuracy(), 0.6);
+  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+}
+
+TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const std::string job = cluster.Submit(TwoCloudSpec(300));
+  cluster.WaitFor("step 40", [&] { return cluster.Job(job).progress().step() >= 40; });
+  const v1::JobStatus before = cluster.Job(job);
+  cluster.KillCoordinator();
+  cluster.StartCoordinator();
+
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), 300u);
+  ASSERT_GE(done.events_size(), before.events_size());
+  for (int i = 0; i < before.events_size(); ++i) {
+    EXPECT_EQ(done.events(i).reason(), before.events(i).reason()) << "event " << i;
+  }
+  EXPECT_EQ(done.restarts(), 0u) << done.DebugString() << cluster.Logs();
+  ExpectEverySampleOnce(dir.Join("samples"), 300, 32, 7);
+}
+
+}  // namespace
+}  // namespace tandem
