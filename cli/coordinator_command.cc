@@ -40,7 +40,8 @@ for the CLI, the agent service for the per-cloud agents (leases, assignments,
 reports), the plan service for pool leaders, and grpc.health.v1. Its state
 (jobs, events, logs, checkpoint lists, registered clouds and their lease ids)
 lives in a RocksDB at --state; a restarted coordinator recovers all of it, and
-agents keep their leases if they heartbeat within 2 x the lease ttl. Only one
+agents keep their leases if they heartbeat within 2 x the lease ttl (at least
+10 s) of its start. Only one
 coordinator may use a state dir at a time (exit 1 otherwise).
 
 Prints `listening on HOST:PORT` once it accepts connections (useful with port

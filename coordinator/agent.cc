@@ -134,8 +134,14 @@ absl::Status Agent::Run() {
     if (!credentials.ok()) return credentials.status();
     channel_credentials_ = *credentials;
   }
+  // A coordinator that restarts must be found again well within the grace
+  // it gives our lease, not after gRPC's default backoff (up to minutes).
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   stub_ = v1::AgentService::NewStub(
-      grpc::CreateChannel(options_.coordinator, channel_credentials_));
+      grpc::CreateCustomChannel(options_.coordinator, channel_credentials_, args));
   std::string last_error;
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {

@@ -21,6 +21,10 @@
 namespace tandem {
 namespace {
 
+// The least time a restarted coordinator gives each known cloud to heartbeat
+// again before its lease expires (2 x the ttl when that is longer).
+constexpr int64_t kRecoveryGraceMs = 10000;
+
 using v1::JobState;
 using v1::PoolState;
 
@@ -151,7 +155,10 @@ absl::Status CoordinatorState::Recover() {
       if (!cloud.info.ParseFromString(value)) return corrupt();
       cloud.alive = true;
       cloud.last_heartbeat_ms = now;
-      cloud.expires_ms = now + 2 * int64_t{ttl_ms_};
+      // Agents need time to find a restarted coordinator (their channels
+      // back off while it is down); a lease lost here would stop healthy
+      // pools.
+      cloud.expires_ms = now + std::max<int64_t>(2 * int64_t{ttl_ms_}, kRecoveryGraceMs);
     } else if (absl::StartsWith(key, "lease/")) {
       v1::Lease lease;
       if (!lease.ParseFromString(value)) return corrupt();

@@ -17,7 +17,15 @@ constexpr std::chrono::milliseconds kWatchRetry{500};
 PlanClient::PlanClient(const std::string& address,
                        std::shared_ptr<grpc::ChannelCredentials> credentials, std::string job_id,
                        uint32_t pool_index)
-    : stub_(v1::PlanService::NewStub(grpc::CreateChannel(address, credentials))),
+    : stub_(v1::PlanService::NewStub(grpc::CreateCustomChannel(address, credentials, [] {
+        // A coordinator that restarts must be found again within a second
+        // or so, not after gRPC's default backoff (which grows to minutes).
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+        return args;
+      }()))),
       job_id_(std::move(job_id)),
       pool_index_(pool_index) {}
 
