@@ -291,7 +291,9 @@ class Trainer {
   absl::Status SharePlan();
   // Leader: rebuilds the link for `plan` and, with peers, agrees on the state
   // with them; follows newer plans while a peer is lost on the way.
-  absl::Status FollowPlan(v1::Plan plan);
+  // `have_state`: whether this pool holds a state to offer (see
+  // ReconcileAcrossPools); a pool already training always does.
+  absl::Status FollowPlan(v1::Plan plan, bool* have_state);
   // Collective: the leader follows pending_plan_, then every rank the layout.
   absl::Status SwitchPlan();
   absl::Status JoinRunningJob(bool* have_state);
@@ -303,6 +305,8 @@ class Trainer {
   absl::StatusOr<std::vector<std::string>> LeaderExchange(uint64_t round,
                                                           absl::string_view payload);
   void StopLink();
+  // Leader alone in its plan: a bare gRPC server on the link address.
+  absl::Status StartStandby();
   void LogSamples(const std::vector<uint32_t>& batch, uint32_t begin, uint32_t end);
   uint64_t WanBytesSent() const {
     return wan_bytes_retired_ + (link_ != nullptr ? link_->Stats().wire_bytes_sent : 0);
@@ -313,6 +317,7 @@ class Trainer {
   uint32_t total_ranks_ = 0;
   std::vector<std::string> link_addresses_;  // leader; by pool index
   std::unique_ptr<PlanClient> plan_client_;  // leader, coordinator mode
+  std::unique_ptr<grpc::Server> standby_;    // leader, alone in its plan
   std::optional<v1::Plan> pending_plan_;     // leader
   bool joining_ = false;
   bool stopped_ = false;
@@ -400,6 +405,15 @@ absl::Status Trainer::OpenStoreAndResume() {
     bool have_state = checkpoint.has_value();
     if (status.ok() && joining_) {
       status = JoinRunningJob(&have_state);
+    } else if (status.ok() && following_plans()) {
+      v1::Plan plan;
+      plan.set_generation(generation_);
+      for (const v1::PoolSpec& pool : spec_.pools()) *plan.add_pools() = pool;
+      for (uint32_t pool : active_) plan.add_active_pools(pool);
+      for (const std::string& address : link_addresses_) plan.add_link_addresses(address);
+      plan.set_reason("start");
+      status = FollowPlan(std::move(plan), &have_state);
+      plan_client_->Watch(generation_);
     } else if (status.ok() && link_ != nullptr) {
       status = ReconcileAcrossPools(&have_state);
     }
@@ -592,9 +606,32 @@ absl::Status Trainer::StartLink() {
 }
 
 void Trainer::StopLink() {
+  if (standby_ != nullptr) {
+    standby_->Shutdown(std::chrono::system_clock::now());
+    standby_.reset();
+  }
   if (link_ == nullptr) return;
   wan_bytes_retired_ += link_->Stats().wire_bytes_sent;
   link_.reset();
+}
+
+absl::Status Trainer::StartStandby() {
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options_.insecure) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server =
+        ServerCredentials(options_.certs_dir);
+    if (!server.ok()) return server.status();
+    credentials = *server;
+  }
+  builder.AddListeningPort(options_.link_listen, credentials);
+  grpc::EnableDefaultHealthCheckService(true);  // a server needs a service
+  standby_ = builder.BuildAndStart();
+  if (standby_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrFormat("cannot listen on %s for joining pools", options_.link_listen));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
@@ -716,7 +753,7 @@ absl::Status Trainer::SharePlan() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::FollowPlan(v1::Plan plan) {
+absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
   const Clock::time_point deadline = Clock::now() + kPlanDecisionDeadline;
   while (true) {
     absl::Status status = AdoptPlan(plan);
@@ -732,12 +769,11 @@ absl::Status Trainer::FollowPlan(v1::Plan plan) {
           {"active", active_},
           {"step", step_},
           {"reason", plan.reason()}});
-    if (active_.size() < 2) return absl::OkStatus();
+    // Alone, the pool still answers on its link address, so that a pool
+    // coming back can tell the path between them works before it joins.
+    if (active_.size() < 2) return spec_.pools_size() > 1 ? StartStandby() : absl::OkStatus();
     status = StartLink();
-    if (status.ok()) {
-      bool have_state = true;
-      status = ReconcileAcrossPools(&have_state);
-    }
+    if (status.ok()) status = ReconcileAcrossPools(have_state);
     if (status.ok()) return absl::OkStatus();
     if (absl::IsAborted(status) && pending_plan_.has_value()) {
       plan = std::move(*pending_plan_);
@@ -763,7 +799,8 @@ absl::Status Trainer::SwitchPlan() {
   if (comm_.rank() == 0) {
     v1::Plan plan = std::move(*pending_plan_);
     pending_plan_.reset();
-    status = FollowPlan(std::move(plan));
+    bool have_state = true;
+    status = FollowPlan(std::move(plan), &have_state);
     if (status.ok()) plan_client_->Watch(generation_);
   }
   status = ShareStatus(comm_, status);
@@ -1139,7 +1176,9 @@ absl::Status Trainer::Run() {
     if (!init.ok()) return init;
   }
 
-  if (active_.size() > 1 && !joining_ && comm_.rank() == 0) {
+  // With a coordinator the link starts once the store is open (a peer that
+  // cannot be reached is then the coordinator's to decide about).
+  if (active_.size() > 1 && !following_plans() && comm_.rank() == 0) {
     status = StartLink();
     if (!status.ok()) return status;
   }

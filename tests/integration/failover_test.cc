@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "infra/wan_proxy/wan_proxy.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/background_tandem.h"
 #include "tests/support/run_tandem.h"
@@ -32,6 +33,8 @@ namespace {
 using testing::BackgroundTandem;
 using testing::FreeLoopbackPort;
 using testing::TempDir;
+using infra::WanProxy;
+using infra::WanProxyOptions;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kTrainSamples = 60000;  // Fashion-MNIST's training set
@@ -64,16 +67,31 @@ class Cluster {
     coordinator_->Wait(std::chrono::milliseconds(-1));
   }
 
-  void StartAgent(const std::string& cloud, int slots) {
+  // With `behind_proxy`, other clouds reach this one's leaders through a
+  // WanProxy (the emulated WAN), which the test can partition.
+  void StartAgent(const std::string& cloud, int slots, bool behind_proxy = false) {
     if (wan_ports_.count(cloud) == 0) wan_ports_[cloud] = FreeLoopbackPort();
+    std::string advertise = Address(wan_ports_[cloud]);
+    if (behind_proxy) {
+      WanProxyOptions options;
+      options.target = advertise;
+      absl::StatusOr<std::unique_ptr<WanProxy>> proxy = WanProxy::Start(options);
+      ASSERT_TRUE(proxy.ok()) << proxy.status();
+      advertise = (*proxy)->listen_address();
+      proxies_[cloud] = std::move(*proxy);
+    }
     agents_[cloud] = std::make_unique<BackgroundTandem>(
         std::vector<std::string>{"agent", "--cloud", cloud, "--coordinator",
                                  Address(coordinator_port_), "--store", dir_.Join(cloud),
                                  "--slots", std::to_string(slots), "--wan-listen",
-                                 Address(wan_ports_[cloud]), "--insecure", "--heartbeat-ms", "500",
-                                 "--exchange-timeout-ms", "5000", "--sample-log",
-                                 dir_.Join("samples")},
+                                 Address(wan_ports_[cloud]), "--wan-advertise", advertise,
+                                 "--insecure", "--heartbeat-ms", "500", "--exchange-timeout-ms",
+                                 "5000", "--sample-log", dir_.Join("samples")},
         dir_.Join(cloud + ".log"));
+  }
+
+  void Partition(bool on) {
+    for (auto& [cloud, proxy] : proxies_) ASSERT_TRUE(proxy->SetPartitioned(on).ok());
   }
 
   // The cloud vanishes: its agent and every process it started.
@@ -159,6 +177,7 @@ class Cluster {
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::map<std::string, int> wan_ports_;
   std::map<std::string, std::unique_ptr<BackgroundTandem>> agents_;
+  std::map<std::string, std::unique_ptr<WanProxy>> proxies_;
 };
 
 std::string TwoCloudSpec(uint64_t max_steps) {
@@ -256,6 +275,52 @@ TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
   }
   EXPECT_EQ(done.restarts(), 0u) << done.DebugString() << cluster.Logs();
   ExpectEverySampleOnce(dir.Join("samples"), 300, 32, 7);
+}
+
+TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1, /*behind_proxy=*/true);
+  cluster.StartAgent("cloud-b", 1, /*behind_proxy=*/true);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const uint64_t steps = 1500;
+  const std::string job = cluster.Submit(TwoCloudSpec(steps));
+  cluster.WaitFor("step 40", [&] { return cluster.Job(job).progress().step() >= 40; });
+  cluster.Partition(true);
+  // The leaders report each other after the exchange deadline; the first
+  // report wins and the other pool leaves.
+  v1::JobStatus recovering;
+  cluster.WaitFor("a pool dropped", [&] {
+    recovering = cluster.Job(job);
+    return HasEvent(recovering, v1::JOB_STATE_RECOVERING, "could not reach");
+  });
+  cluster.WaitFor("the survivor going on", [&] {
+    return cluster.Job(job).state() == v1::JOB_STATE_RUNNING;
+  });
+  cluster.Partition(false);
+  v1::JobStatus rejoined;
+  cluster.WaitFor("the dropped pool rejoining", [&] {
+    rejoined = cluster.Job(job);
+    for (const v1::JobEvent& e : rejoined.events()) {
+      if (e.reason().find("rejoins") != std::string::npos) return true;
+    }
+    return rejoined.state() == v1::JOB_STATE_SUCCEEDED;
+  });
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  bool rejoin_event = false;
+  for (const v1::JobEvent& e : done.events()) {
+    rejoin_event |= e.reason().find("rejoins") != std::string::npos;
+  }
+  EXPECT_TRUE(rejoin_event) << done.DebugString() << cluster.Logs();
+  // Both pools finished together, on identical parameters (the leaders
+  // compare digests every 10 steps and at the end; a mismatch fails the job).
+  for (const v1::PoolStatus& pool : done.pools()) {
+    EXPECT_EQ(pool.state(), v1::POOL_STATE_DONE) << pool.DebugString();
+  }
+  EXPECT_EQ(done.restarts(), 0u);
+  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
 }
 
 }  // namespace
