@@ -19,6 +19,7 @@ int ExportCommand(const std::vector<std::string>& args);
 int CertsCommand(const std::vector<std::string>& args);
 int ServeStoreCommand(const std::vector<std::string>& args);
 int ReplicateCommand(const std::vector<std::string>& args);
+int CoordinatorCommand(const std::vector<std::string>& args);
 // The commands that talk to the coordinator (cli/job_commands.cc).
 int SubmitCommand(const std::vector<std::string>& args);
 int StatusCommand(const std::vector<std::string>& args);

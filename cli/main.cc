@@ -34,6 +34,7 @@ On this machine:
   replicate           copy a checkpoint to another cloud's store (only missing chunks)
   serve-store         serve a store to peers that replicate into it
   certs init [DIR]    make the CA and certificates for mutual TLS
+  coordinator         run the control plane (jobs, agents' leases, failover)
 
 The coordinator's address is --coordinator HOST:PORT, else $TANDEM_COORDINATOR,
 else the line in ~/.tandem/coordinator (written by `tandem up`), else
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
   if (command == "replicate") return tandem::cli::ReplicateCommand(args);
   if (command == "serve-store") return tandem::cli::ServeStoreCommand(args);
   if (command == "certs") return tandem::cli::CertsCommand(args);
+  if (command == "coordinator") return tandem::cli::CoordinatorCommand(args);
   if (command == "submit") return tandem::cli::SubmitCommand(args);
   if (command == "status") return tandem::cli::StatusCommand(args);
   if (command == "list") return tandem::cli::ListCommand(args);
