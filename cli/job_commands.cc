@@ -419,12 +419,12 @@ object `tandem status JOB` prints).
                             "  1  it refused (for example, the job has already ended)\n"));
   std::string reason;
   c.flags.add_options()("reason", po::value(&reason)->value_name("TEXT"),
-                        "why, as the job's events will show it (default: cancelled by USER)");
+                        "why, as the job's events will show it (default: by $USER)");
   c.AddCommonFlags();
   if (int code = c.Parse(args, "job", true); code >= 0) return code;
   if (reason.empty()) {
     const char* user = std::getenv("USER");
-    reason = std::string("cancelled by ") + (user != nullptr && *user != '\0' ? user : "the user");
+    if (user != nullptr && *user != '\0') reason = std::string("by ") + user;
   }
   int code = kExitOk;
   std::unique_ptr<CoordinatorClient> client = CoordinatorClient::Connect("cancel", c.client, &code);
