@@ -242,19 +242,28 @@ WatchView::~WatchView() { Finish(); }
 void WatchView::UpdateRate(const v1::JobStatus& job, Rate& rate) {
   // MB/s over the answers of the last few seconds: progress reports and
   // polls do not line up, so two neighbouring answers can show no growth.
+  // The job's wall_s dates each report where it was made; our clock only
+  // dates when we asked, so it is the fallback.
   constexpr auto kWindow = std::chrono::seconds(5);
   const auto now = std::chrono::steady_clock::now();
   const uint64_t bytes = job.progress().wan_bytes_sent();
-  if (!rate.samples.empty() && bytes < rate.samples.back().second) rate.samples.clear();
-  rate.samples.emplace_back(now, bytes);
-  while (rate.samples.size() > 2 && now - rate.samples.front().first > kWindow) {
+  const double wall_s = job.progress().wall_s();
+  if (!rate.samples.empty() &&
+      (bytes < rate.samples.back().bytes || wall_s < rate.samples.back().wall_s)) {
+    rate.samples.clear();  // a restart from a checkpoint starts the counters again
+  }
+  rate.samples.push_back({now, wall_s, bytes});
+  while (rate.samples.size() > 2 && now - rate.samples.front().at > kWindow) {
     rate.samples.pop_front();
   }
-  const double seconds =
-      std::chrono::duration<double>(now - rate.samples.front().first).count();
-  if (seconds >= 0.5 && bytes > 0) {
-    rate.mb_per_s = (bytes - rate.samples.front().second) / 1e6 / seconds;
+  const Sample& first = rate.samples.front();
+  if (bytes == 0) return;
+  if (wall_s > first.wall_s && first.wall_s > 0) {
+    rate.mb_per_s = (bytes - first.bytes) / 1e6 / (wall_s - first.wall_s);
+    return;
   }
+  const double seconds = std::chrono::duration<double>(now - first.at).count();
+  if (seconds >= 0.5) rate.mb_per_s = (bytes - first.bytes) / 1e6 / seconds;
 }
 
 std::vector<std::string> WatchView::Render(const v1::JobStatus& job, const Rate& rate) const {
@@ -277,7 +286,10 @@ std::vector<std::string> WatchView::Render(const v1::JobStatus& job, const Rate&
   if (p.test_accuracy() >= 0) line += absl::StrFormat(" | test acc %.4f", p.test_accuracy());
   if (p.samples_per_s() > 0) line += absl::StrFormat(" | %.0f samples/s", p.samples_per_s());
   if (rate.mb_per_s >= 0) line += absl::StrFormat(" | WAN %.2f MB/s", rate.mb_per_s);
-  if (p.compression_ratio() > 0) line += absl::StrFormat(" x%.1f", p.compression_ratio());
+  if (p.compression_ratio() > 0) {
+    line += absl::StrFormat("%s x%.1f compressed", rate.mb_per_s >= 0 ? "," : " |",
+                            p.compression_ratio());
+  }
   const uint32_t batch = job.spec().train().global_batch();
   if (!IsTerminal(job.state()) && p.samples_per_s() > 0 && batch > 0 &&
       p.total_steps() > p.step()) {

@@ -48,8 +48,9 @@ void PrintPoolTable(std::ostream& out, const std::vector<v1::PoolHealth>& pools)
 
 // The live view of `status --watch`. Update() takes each GetJob answer; on a
 // terminal it redraws a block of lines in place (a progress bar, loss, test
-// accuracy, samples/s, WAN MB/s from the growth of wan_bytes_sent between
-// answers, compression ratio, ETA, the state and its latest reason, one line
+// accuracy, samples/s, WAN MB/s from the growth of wan_bytes_sent over the
+// last few seconds (timed by the job's own wall_s when it reports one, else
+// by this process's clock), compression ratio, ETA, the state and its latest reason, one line
 // per pool); otherwise it prints a line for each new event and a progress
 // line every twentieth of the run. With json, one JobJson object per line
 // whenever the step, the state or the events change. Not thread-safe.
@@ -63,8 +64,13 @@ class WatchView {
   void Finish();
 
  private:
+  struct Sample {
+    std::chrono::steady_clock::time_point at;
+    double wall_s;  // the job's TrainingProgress.wall_s then
+    uint64_t bytes;
+  };
   struct Rate {
-    std::deque<std::pair<std::chrono::steady_clock::time_point, uint64_t>> samples;
+    std::deque<Sample> samples;
     double mb_per_s = -1;
   };
   std::vector<std::string> Render(const v1::JobStatus& job, const Rate& rate) const;

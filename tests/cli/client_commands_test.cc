@@ -11,11 +11,14 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -314,8 +317,10 @@ class FakeAgent {
   // Sends the coordinator what a pool leader's agent would: log lines and
   // the checkpoints committed since the last report.
   grpc::Status Report(const std::string& job, const std::vector<std::string>& logs,
-                      const std::vector<v1::CheckpointInfo>& checkpoints) {
+                      const std::vector<v1::CheckpointInfo>& checkpoints,
+                      const v1::TrainingProgress* progress = nullptr) {
     v1::PoolReport report;
+    if (progress != nullptr) *report.mutable_progress() = *progress;
     report.set_job_id(job);
     report.set_cloud(cloud_);
     report.set_pool_index(0);
@@ -511,6 +516,70 @@ TEST_F(WithCoordinatorTest, WatchEndsWithTheJob) {
   EXPECT_EQ(Json(run)["state"], "CANCELLED");
   // One JSON object per change: at least the first view and the end.
   EXPECT_GE(std::count(run.out.begin(), run.out.end(), '\n'), 2);
+}
+
+TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {
+  StartAgent();
+  const std::string job = Submit();
+  ASSERT_FALSE(job.empty());
+  v1::TrainingProgress progress;
+  progress.set_step(5);
+  progress.set_total_steps(20);
+  progress.set_loss(0.75);
+  progress.set_samples_per_s(1000);
+  progress.set_test_accuracy(-1);
+  progress.set_wan_bytes_sent(1000000);
+  progress.set_wall_s(1);
+  progress.set_compression_ratio(4);
+  ASSERT_TRUE(agent_->Report(job, {}, {}, &progress).ok());
+  // `script` gives the command a pseudo-terminal and copies what it draws.
+  const std::string command = testing::TandemBinary() + " status " + job +
+                              " --watch --interval 0.1 --insecure --coordinator " + address_;
+  std::future<int> scripted = std::async(std::launch::async, [&] {
+    return std::system(("script -qfec '" + command + "' " + dir_.Join("typescript") +
+                        " > /dev/null 2>&1")
+                           .c_str());
+  });
+  // Step 10 only once step 5 is on the screen, then the end once step 10 is.
+  auto wait_for_screen = [&](const std::string& text) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(dir_.Join("typescript"));
+      const std::string drawn((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+      if (drawn.find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  ASSERT_TRUE(wait_for_screen("step 5/20"));
+  progress.set_step(10);
+  progress.set_wan_bytes_sent(3000000);
+  progress.set_wall_s(2);
+  progress.set_test_accuracy(0.5);
+  ASSERT_TRUE(agent_->Report(job, {}, {}, &progress).ok());
+  ASSERT_TRUE(wait_for_screen("step 10/20"));
+  v1::CancelJobRequest request;
+  request.set_job_id(job);
+  v1::JobStatus ignored;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  ASSERT_TRUE(stub_->CancelJob(&context, request, &ignored).ok());
+  ASSERT_EQ(scripted.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  const int status = scripted.get();
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);  // CANCELLED
+  std::ifstream in(dir_.Join("typescript"));
+  const std::string drawn((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(drawn, HasSubstr("\033[?25l"));  // cursor hidden while drawing
+  EXPECT_THAT(drawn, HasSubstr("\033[?25h"));  // and shown again at the end
+  EXPECT_THAT(drawn, HasSubstr("step 5/20 [######"));
+  EXPECT_THAT(drawn, HasSubstr("step 10/20 [############"));
+  EXPECT_THAT(drawn, HasSubstr("test acc 0.5000"));
+  EXPECT_THAT(drawn, HasSubstr("WAN 2.00 MB/s, x4.0 compressed"));
+  EXPECT_THAT(drawn, HasSubstr("ETA "));
+  EXPECT_THAT(drawn, HasSubstr("\033[3F"));  // moved up over the 3 lines drawn before
+  EXPECT_THAT(drawn, HasSubstr("CANCELLED"));
 }
 
 TEST_F(WithCoordinatorTest, LogsFollowUntilTheJobEnds) {
