@@ -41,9 +41,12 @@ std::string StepText(const v1::TrainingProgress& p) {
   return absl::StrFormat("%d/%d", p.step(), p.total_steps());
 }
 
-// "PENDING -> STARTING on cloud-a at step 0: placed ..."
+// "RUNNING -> RECOVERING (cloud-b) at step 40: lease expired"; the first
+// event, from no state, shows only the state it entered.
 std::string EventText(const v1::JobEvent& e) {
-  std::string text = JobStateName(e.from()) + " -> " + JobStateName(e.to());
+  std::string text = e.from() == v1::JOB_STATE_UNSPECIFIED
+                         ? JobStateName(e.to())
+                         : JobStateName(e.from()) + " -> " + JobStateName(e.to());
   if (!e.cloud().empty()) text += " (" + e.cloud() + ")";
   if (e.step() > 0) text += absl::StrFormat(" at step %d", e.step());
   if (!e.reason().empty()) text += ": " + e.reason();
@@ -184,7 +187,8 @@ void PrintJob(std::ostream& out, const v1::JobStatus& job) {
     if (job.finished_unix_ms() > 0) out << ", finished " << IsoTime(job.finished_unix_ms());
     out << "\n";
   }
-  std::string line = absl::StrFormat("  step %s  epoch %d  loss %.4f", StepText(p), p.epoch(), p.loss());
+  std::string line = absl::StrFormat("  step %s  epoch %d", StepText(p), p.epoch());
+  if (p.step() > 0) line += absl::StrFormat("  loss %.4f", p.loss());
   if (p.test_accuracy() >= 0) {
     line += absl::StrFormat("  test accuracy %.4f (loss %.4f)", p.test_accuracy(), p.test_loss());
   }

@@ -8,7 +8,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -28,6 +31,8 @@
 #include "coordinator/coordinator_server.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/run_tandem.h"
+
+extern char** environ;
 
 namespace tandem {
 namespace {
@@ -580,6 +585,45 @@ TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {
   EXPECT_THAT(drawn, HasSubstr("ETA "));
   EXPECT_THAT(drawn, HasSubstr("\033[3F"));  // moved up over the 3 lines drawn before
   EXPECT_THAT(drawn, HasSubstr("CANCELLED"));
+}
+
+TEST_F(WithCoordinatorTest, CtrlCStopsWatchingNotTheJob) {
+  StartAgent();
+  const std::string job = Submit();
+  ASSERT_FALSE(job.empty());
+  const std::string out = dir_.Join("watch.out");
+  const std::string err = dir_.Join("watch.err");
+  std::vector<std::string> argv = {testing::TandemBinary(), "status", job, "--watch",
+                                   "--interval", "0.1", "--coordinator", address_, "--insecure"};
+  std::vector<char*> argp;
+  for (std::string& a : argv) argp.push_back(a.data());
+  argp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT, 0644);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, argp[0], &actions, nullptr, argp.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  // Interrupt once the first view is out, so the handler is installed.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  std::string shown;
+  while (shown.find("job " + job) == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(out);
+    shown.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  kill(pid, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  std::ifstream in(err);
+  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(said, HasSubstr("stopped watching; job " + job + " goes on"));
+  RunResult after = Tandem({"status", job, "--output", "json"});
+  EXPECT_THAT(Json(after)["state"].get<std::string>(), ::testing::AnyOf("PENDING", "STARTING"));
 }
 
 TEST_F(WithCoordinatorTest, LogsFollowUntilTheJobEnds) {
