@@ -334,10 +334,14 @@ std::string CoordinatorState::MultiPoolJobOn(const std::string& cloud,
                                              const std::string& except) const {
   for (const std::string& id : order_) {
     const Job& job = *jobs_.at(id);
-    if (id == except || Terminal(job.status.state()) || job.status.pools_size() < 2) continue;
+    if (id == except || job.status.pools_size() < 2) continue;
+    // A cancelled job's groups hold the WAN endpoint until they exit.
     for (int i = 0; i < job.status.pools_size(); ++i) {
       const v1::PoolStatus& pool = job.status.pools(i);
-      if (pool.cloud() == cloud && (job.px[i].occupying || Running(pool.state()))) return id;
+      if (pool.cloud() != cloud) continue;
+      if (job.px[i].occupying || (!Terminal(job.status.state()) && Running(pool.state()))) {
+        return id;
+      }
     }
   }
   return "";
@@ -762,11 +766,14 @@ void CoordinatorState::Relaunch(Txn& txn) {
     for (int i = 0; i < job.status.pools_size(); ++i) {
       const v1::PoolStatus& pool = job.status.pools(i);
       if (pool.state() != v1::POOL_STATE_LOST && pool.state() != v1::POOL_STATE_WAITING) continue;
-      if (now < job.px[i].next_launch_ms || !CannotLaunch(job, i).empty()) continue;
+      // Its previous group must be gone first: a dropped leader that still
+      // runs must keep getting stop, not the plan of a relaunch.
+      if (job.px[i].occupying || now < job.px[i].next_launch_ms) continue;
+      if (!CannotLaunch(job, i).empty()) continue;
       LaunchPool(job, i, /*resume=*/true, /*joining=*/true);
       AddEvent(job, state,
-               absl::StrFormat("%s is back: relaunching pool %d there to rejoin (launch %d)",
-                               pool.cloud(), i, pool.launch()),
+               absl::StrFormat("relaunching pool %d on %s to rejoin (launch %d)", i,
+                               pool.cloud(), pool.launch()),
                pool.cloud(), txn);
     }
   }
@@ -1154,7 +1161,12 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorState::Heartbeat(
       }
     }
   }
-  if (changed) Reconcile(txn);
+  // Lease expiry is left to the ticker: scanning every cloud on every
+  // heartbeat would cost O(clouds) per heartbeat.
+  if (changed) {
+    PlacePending(txn);
+    Relaunch(txn);
+  }
   v1::HeartbeatResponse response;
   response.mutable_lease()->set_lease_id(cloud.lease_id);
   response.mutable_lease()->set_expires_unix_ms(cloud.expires_ms);
