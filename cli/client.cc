@@ -92,6 +92,7 @@ std::unique_ptr<CoordinatorClient> CoordinatorClient::Connect(const char* comman
   client->address_ = resolved.address;
   client->source_ = resolved.source;
   client->rpc_timeout_ = Millis(flags.rpc_timeout_s);
+  client->connect_timeout_ = Millis(flags.connect_timeout_s);
   const std::string how_to_fix = absl::StrFormat(
       "\n  (the address came from %s; point tandem at the coordinator with --coordinator "
       "HOST:PORT or %s=HOST:PORT, or start one with `tandem up`)",
@@ -158,6 +159,9 @@ std::unique_ptr<grpc::ClientContext> CoordinatorClient::Context() const {
 int CoordinatorClient::Fail(const grpc::Status& status) const {
   const std::string prefix = "tandem " + command_ + ": ";
   switch (status.error_code()) {
+    // This client cancels no call it then reports, so a cancelled call is the
+    // server's doing: it is shutting down.
+    case grpc::StatusCode::CANCELLED:
     case grpc::StatusCode::UNAVAILABLE:
       std::cerr << prefix << "lost the coordinator at " << address_ << ": "
                 << status.error_message() << "\n";

@@ -10,8 +10,10 @@
 // --connect-timeout for the connection; every RPC then carries a deadline of
 // --rpc-timeout (Context()).
 //
-// Exit codes (see commands.h): a coordinator that cannot be reached, or stops
-// answering, is kExitUnreachable (3); the server's NOT_FOUND, INVALID_ARGUMENT
+// Exit codes (see commands.h): a coordinator that cannot be reached, stops
+// answering or goes away (UNAVAILABLE, DEADLINE_EXCEEDED, a call it
+// cancelled while shutting down, UNIMPLEMENTED: not a coordinator) is
+// kExitUnreachable (3); the server's NOT_FOUND, INVALID_ARGUMENT
 // and ALREADY_EXISTS are about what the user typed (kExitUsage, 2); any other
 // server error is kExitFailed (1).
 //
@@ -77,6 +79,7 @@ class CoordinatorClient {
   // A context whose deadline is --rpc-timeout from now.
   std::unique_ptr<grpc::ClientContext> Context() const;
   std::chrono::milliseconds rpc_timeout() const { return rpc_timeout_; }
+  std::chrono::milliseconds connect_timeout() const { return connect_timeout_; }
 
   // Prints what went wrong with an RPC ("tandem COMMAND: MESSAGE") and
   // returns the exit code for it (see the header comment).
@@ -89,6 +92,7 @@ class CoordinatorClient {
   std::string address_;
   std::string source_;
   std::chrono::milliseconds rpc_timeout_{10000};
+  std::chrono::milliseconds connect_timeout_{5000};
   std::shared_ptr<grpc::ChannelCredentials> credentials_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::JobService::Stub> stub_;

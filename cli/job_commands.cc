@@ -98,23 +98,40 @@ int GetJob(CoordinatorClient& client, const std::string& job_id, v1::JobStatus* 
 }
 
 // Polls GetJob every `interval` and shows it until the job ends (exit 0 for
-// SUCCEEDED, 1 otherwise) or Ctrl-C (kExitInterrupted).
+// SUCCEEDED, 1 otherwise) or Ctrl-C (kExitInterrupted). A coordinator that
+// stops answering (a restart: it recovers its jobs) is asked again until it
+// has been gone for --connect-timeout; then exit 3.
 int WatchJob(CoordinatorClient& client, const char* command, const std::string& job_id, bool json,
              double interval_s) {
   InstallInterruptHandler();
   const bool terminal = isatty(STDOUT_FILENO) != 0;
   WatchView view(std::cout, terminal, json);
   const auto interval = std::chrono::milliseconds(static_cast<int64_t>(interval_s * 1000));
+  bool lost = false;
+  std::chrono::steady_clock::time_point lost_since;
   while (!Interrupted()) {
     v1::JobStatus job;
     v1::GetJobRequest request;
     request.set_job_id(job_id);
     grpc::Status status = client.stub().GetJob(client.Context().get(), request, &job);
     if (Interrupted()) break;
+    const bool unreachable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                             status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                             status.error_code() == grpc::StatusCode::CANCELLED;
+    if (unreachable) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!lost) lost_since = now;
+      lost = true;
+      if (now - lost_since < client.connect_timeout()) {
+        SleepUnlessInterrupted(interval);
+        continue;
+      }
+    }
     if (!status.ok()) {
       view.Finish();
       return client.Fail(status);
     }
+    lost = false;
     view.Update(job);
     if (IsTerminal(job.state())) {
       view.Finish();
@@ -205,7 +222,9 @@ every state change with its reason.
 (progress bar, loss, test accuracy, samples/s, WAN MB/s, compression ratio,
 ETA, the state and its latest reason, the pools); otherwise a line per event
 and progress every twentieth of the run; with --output json, one object per
-line whenever something changed. Ctrl-C stops watching, not the job.
+line whenever something changed. Ctrl-C stops watching, not the job. A
+coordinator that stops answering is asked again for --connect-timeout (it may
+be restarting) before the command gives up with exit code 3.
 )",
                             R"(  0  the status was shown (whatever the job's state); with --watch:
      the job SUCCEEDED

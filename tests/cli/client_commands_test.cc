@@ -113,6 +113,37 @@ class ScopedEnv {
   bool had_ = false;
 };
 
+// Starts `tandem ARGS` with stdout and stderr going to files; returns its pid.
+pid_t SpawnTandem(std::vector<std::string> args, const std::string& out, const std::string& err) {
+  args.insert(args.begin(), testing::TandemBinary());
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  argp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT, 0644);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, argp[0], &actions, nullptr, argp.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Waits (at most 30 s) until the file at `path` contains `text`.
+bool WaitForText(const std::string& path, const std::string& text) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ReadAll(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -547,15 +578,7 @@ TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {
   });
   // Step 10 only once step 5 is on the screen, then the end once step 10 is.
   auto wait_for_screen = [&](const std::string& text) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::ifstream in(dir_.Join("typescript"));
-      const std::string drawn((std::istreambuf_iterator<char>(in)),
-                              std::istreambuf_iterator<char>());
-      if (drawn.find(text) != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
+    return WaitForText(dir_.Join("typescript"), text);
   };
   ASSERT_TRUE(wait_for_screen("step 5/20"));
   progress.set_step(10);
@@ -574,8 +597,7 @@ TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {
   const int status = scripted.get();
   EXPECT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1);  // CANCELLED
-  std::ifstream in(dir_.Join("typescript"));
-  const std::string drawn((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string drawn = ReadAll(dir_.Join("typescript"));
   EXPECT_THAT(drawn, HasSubstr("\033[?25l"));  // cursor hidden while drawing
   EXPECT_THAT(drawn, HasSubstr("\033[?25h"));  // and shown again at the end
   EXPECT_THAT(drawn, HasSubstr("step 5/20 [######"));
@@ -593,37 +615,42 @@ TEST_F(WithCoordinatorTest, CtrlCStopsWatchingNotTheJob) {
   ASSERT_FALSE(job.empty());
   const std::string out = dir_.Join("watch.out");
   const std::string err = dir_.Join("watch.err");
-  std::vector<std::string> argv = {testing::TandemBinary(), "status", job, "--watch",
-                                   "--interval", "0.1", "--coordinator", address_, "--insecure"};
-  std::vector<char*> argp;
-  for (std::string& a : argv) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT, 0644);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, argp[0], &actions, nullptr, argp.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t pid = SpawnTandem({"status", job, "--watch", "--interval", "0.1", "--coordinator",
+                                 address_, "--insecure"},
+                                out, err);
+  ASSERT_GT(pid, 0);
   // Interrupt once the first view is out, so the handler is installed.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  std::string shown;
-  while (shown.find("job " + job) == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::ifstream in(out);
-    shown.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  EXPECT_TRUE(WaitForText(out, "job " + job));
   kill(pid, SIGINT);
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 130);
-  std::ifstream in(err);
-  const std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_THAT(said, HasSubstr("stopped watching; job " + job + " goes on"));
+  EXPECT_THAT(ReadAll(err), HasSubstr("stopped watching; job " + job + " goes on"));
   RunResult after = Tandem({"status", job, "--output", "json"});
   EXPECT_THAT(Json(after)["state"].get<std::string>(), ::testing::AnyOf("PENDING", "STARTING"));
+}
+
+TEST_F(WithCoordinatorTest, WatchGivesUpOnALostCoordinator) {
+  StartAgent();
+  const std::string job = Submit();
+  ASSERT_FALSE(job.empty());
+  const std::string out = dir_.Join("watch.out");
+  const std::string err = dir_.Join("watch.err");
+  const pid_t pid = SpawnTandem({"status", job, "--watch", "--interval", "0.1", "--output", "json",
+                                 "--connect-timeout", "1", "--rpc-timeout", "0.5", "--coordinator",
+                                 address_, "--insecure"},
+                                out, err);
+  ASSERT_GT(pid, 0);
+  EXPECT_TRUE(WaitForText(out, job));
+  agent_.reset();
+  server_->Shutdown();
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 3);
+  EXPECT_THAT(ReadAll(err), HasSubstr("tandem status: "));
+  EXPECT_THAT(ReadAll(err), HasSubstr(address_));
 }
 
 TEST_F(WithCoordinatorTest, LogsFollowUntilTheJobEnds) {
