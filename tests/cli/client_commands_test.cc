@@ -31,6 +31,7 @@
 #include "coordinator/coordinator_server.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/run_tandem.h"
+#include "transport/tls.h"
 
 extern char** environ;
 
@@ -431,6 +432,37 @@ class WithCoordinatorTest : public ::testing::Test {
   std::unique_ptr<v1::JobService::Stub> stub_;
   std::unique_ptr<FakeAgent> agent_;
 };
+
+TEST(ClientCommandsTlsTest, MutualTlsWithCertsAndRefusedWithout) {
+  TempDir dir;
+  const std::string certs = dir.Join("certs");
+  ASSERT_TRUE(CreateCertificates(certs, {"localhost", "127.0.0.1"}).ok());
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(certs);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  CoordinatorOptions options;
+  options.state_dir = dir.Join("coordinator");
+  options.credentials = *credentials;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> server = CoordinatorServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
+
+  RunResult tls = RunTandem({"list", "--coordinator", address, "--certs", certs});
+  EXPECT_EQ(tls.exit_code, 0) << tls.err;
+  EXPECT_THAT(tls.out, HasSubstr("JOB"));
+
+  RunResult plaintext = RunTandem(
+      {"list", "--coordinator", address, "--insecure", "--connect-timeout", "0.5"});
+  EXPECT_EQ(plaintext.exit_code, 3);
+  EXPECT_THAT(plaintext.err, HasSubstr("cannot reach the coordinator at " + address));
+
+  // Certificates from another CA are refused in the handshake.
+  const std::string other = dir.Join("other");
+  ASSERT_TRUE(CreateCertificates(other, {"localhost", "127.0.0.1"}).ok());
+  RunResult stranger = RunTandem(
+      {"list", "--coordinator", address, "--certs", other, "--connect-timeout", "0.5"});
+  EXPECT_EQ(stranger.exit_code, 3);
+  EXPECT_THAT(stranger.err, HasSubstr("cannot reach the coordinator at " + address));
+}
 
 TEST_F(WithCoordinatorTest, SubmitToAnUnknownCloudExitsTwoNamingTheField) {
   const std::string spec = dir_.Write("job.yaml", kSpec);
