@@ -38,7 +38,8 @@ Options)";
 int RemoteCheckpoints(const std::string& job, const std::string& cloud, const ClientFlags& flags,
                       bool json) {
   int code = kExitOk;
-  std::unique_ptr<CoordinatorClient> client = CoordinatorClient::Connect("checkpoints", flags, &code);
+  std::unique_ptr<CoordinatorClient> client =
+      CoordinatorClient::Connect("checkpoints", flags, &code);
   if (client == nullptr) return code;
   v1::ListCheckpointsRequest request;
   request.set_job_id(job);

@@ -124,8 +124,8 @@ std::unique_ptr<CoordinatorClient> CoordinatorClient::Connect(const char* comman
     // The channel only says it is not connected; a fail-fast call on it
     // returns the last connection error ("Connection refused", a TLS
     // handshake failure) at once when there is one.
-    std::string why =
-        absl::StrFormat("no connection within %s (--connect-timeout)", Seconds(flags.connect_timeout_s));
+    std::string why = absl::StrFormat("no connection within %s (--connect-timeout)",
+                                      Seconds(flags.connect_timeout_s));
     if (client->channel_->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
       grpc::ClientContext probe;
       probe.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));

@@ -83,8 +83,8 @@ int WriteModelFile(const Checkpoint& checkpoint, const std::string& job, const s
     }
     std::cout << j.dump() << std::endl;
   } else {
-    std::cout << absl::StrFormat("exported %d tensors of job %s at step %d to %s", model.size(), job,
-                                 checkpoint.manifest.step(), file);
+    std::cout << absl::StrFormat("exported %d tensors of job %s at step %d to %s", model.size(),
+                                 job, checkpoint.manifest.step(), file);
     if (!source.cloud.empty()) {
       std::cout << absl::StrFormat(" (from %s, %.1f MB fetched)", source.description,
                                    source.bytes_fetched / 1e6);
@@ -161,8 +161,8 @@ int RemoteExport(const std::string& job, const std::string& file, std::optional<
   if (candidates.empty()) {
     std::cerr << "tandem export: the coordinator knows no checkpoint of job " << job
               << (step ? absl::StrFormat(" at step %d", *step) : std::string())
-              << (cloud.empty() ? "" : " in cloud " + cloud)
-              << " (see `tandem checkpoints " << job << "`)\n";
+              << (cloud.empty() ? "" : " in cloud " + cloud) << " (see `tandem checkpoints " << job
+              << "`)\n";
     return kExitFailed;
   }
   // Only the newest step is worth fetching (or --step's): an older one would
@@ -186,7 +186,8 @@ int RemoteExport(const std::string& job, const std::string& file, std::optional<
     absl::StatusOr<ReplicationStats> pulled = PullCheckpoint(
         temp.store(), job, c.step(), endpoint, client->credentials(), deadline, /*keep=*/1);
     if (!pulled.ok()) {
-      failures.push_back(c.cloud() + " (" + endpoint + "): " + std::string(pulled.status().message()));
+      failures.push_back(c.cloud() + " (" + endpoint +
+                         "): " + std::string(pulled.status().message()));
       continue;
     }
     absl::StatusOr<Checkpoint> checkpoint = temp.store().Load(job, c.step());
@@ -273,7 +274,8 @@ int ExportCommand(const std::vector<std::string>& args) {
     std::cerr << "tandem export: " << checkpoint.status().message() << "\n";
     return kExitFailed;
   }
-  return WriteModelFile(*checkpoint, job, file, output == "json", Source{"store " + store_dir, "", 0});
+  return WriteModelFile(*checkpoint, job, file, output == "json",
+                        Source{"store " + store_dir, "", 0});
 }
 
 }  // namespace tandem::cli

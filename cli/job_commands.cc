@@ -481,7 +481,8 @@ happens); follow it with `tandem status JOB --watch`.
     return kExitUsage;
   }
   int code = kExitOk;
-  std::unique_ptr<CoordinatorClient> client = CoordinatorClient::Connect("migrate", c.client, &code);
+  std::unique_ptr<CoordinatorClient> client =
+      CoordinatorClient::Connect("migrate", c.client, &code);
   if (client == nullptr) return code;
   v1::MigrateJobRequest request;
   request.set_job_id(c.job);

@@ -195,8 +195,8 @@ void PrintJob(std::ostream& out, const v1::JobStatus& job) {
   if (p.samples_per_s() > 0) line += absl::StrFormat("  %.0f samples/s", p.samples_per_s());
   out << line << "\n";
   if (p.wan_bytes_sent() > 0) {
-    out << absl::StrFormat("  WAN %s sent, compression ratio %.1f\n", HumanBytes(p.wan_bytes_sent()),
-                           p.compression_ratio());
+    out << absl::StrFormat("  WAN %s sent, compression ratio %.1f\n",
+                           HumanBytes(p.wan_bytes_sent()), p.compression_ratio());
   }
   if (job.last_detect_s() > 0 || job.last_recover_s() > 0) {
     out << absl::StrFormat("  last recovery: lost cloud detected in %.2f s, recovered in %.2f s\n",
@@ -229,12 +229,10 @@ void PrintPoolTable(std::ostream& out, const std::vector<v1::PoolHealth>& pools)
   out << absl::StrFormat("%-16s %-6s %6s %6s %-22s %s\n", "CLOUD", "ALIVE", "SLOTS", "FREE",
                          "WAN ENDPOINT", "LAST HEARTBEAT");
   for (const v1::PoolHealth& pool : pools) {
-    out << absl::StrFormat("%-16s %-6s %6d %6d %-22s %s\n", pool.pool().cloud(),
-                           pool.alive() ? "yes" : "no", pool.pool().slots(), pool.free_slots(),
-                           pool.pool().wan_endpoint(),
-                           pool.last_heartbeat_unix_ms() > 0
-                               ? Age(pool.last_heartbeat_unix_ms()) + " ago"
-                               : "-");
+    out << absl::StrFormat(
+        "%-16s %-6s %6d %6d %-22s %s\n", pool.pool().cloud(), pool.alive() ? "yes" : "no",
+        pool.pool().slots(), pool.free_slots(), pool.pool().wan_endpoint(),
+        pool.last_heartbeat_unix_ms() > 0 ? Age(pool.last_heartbeat_unix_ms()) + " ago" : "-");
   }
 }
 
@@ -297,7 +295,8 @@ std::vector<std::string> WatchView::Render(const v1::JobStatus& job, const Rate&
   const uint32_t batch = job.spec().train().global_batch();
   if (!IsTerminal(job.state()) && p.samples_per_s() > 0 && batch > 0 &&
       p.total_steps() > p.step()) {
-    const double eta = (p.total_steps() - p.step()) * static_cast<double>(batch) / p.samples_per_s();
+    const double eta =
+        (p.total_steps() - p.step()) * static_cast<double>(batch) / p.samples_per_s();
     line += " | ETA " + ProgressView::FormatDuration(eta);
   }
   lines.push_back(line);

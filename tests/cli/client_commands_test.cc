@@ -5,10 +5,10 @@
 // CoordinatorServer on 127.0.0.1:0 with a fake agent (a gRPC client of the
 // AgentService, plus a ReplicationService serving a store) standing in for a
 // cloud.
-#include <grpcpp/grpcpp.h>
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -155,8 +155,8 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 TEST(ClientCommandsTest, UnreachableCoordinatorExitsThreeAndSaysHowToFix) {
   const std::string address = ClosedAddress();
   const auto start = std::chrono::steady_clock::now();
-  RunResult run = RunTandem(
-      {"status", "--coordinator", address, "--insecure", "--connect-timeout", "0.5"});
+  RunResult run =
+      RunTandem({"status", "--coordinator", address, "--insecure", "--connect-timeout", "0.5"});
   EXPECT_EQ(run.exit_code, 3) << run.err;
   EXPECT_THAT(run.err, HasSubstr("tandem status: cannot reach the coordinator at " + address));
   EXPECT_THAT(run.err, HasSubstr("--coordinator"));
@@ -285,8 +285,8 @@ TEST(ClientCommandsTest, RpcTimeoutFiresOnACoordinatorThatDoesNotAnswer) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ASSERT_NE(port, 0);
   const std::string address = "127.0.0.1:" + std::to_string(port);
-  RunResult run =
-      RunTandem({"status", "job-1", "--coordinator", address, "--insecure", "--rpc-timeout", "0.3"});
+  RunResult run = RunTandem(
+      {"status", "job-1", "--coordinator", address, "--insecure", "--rpc-timeout", "0.3"});
   EXPECT_EQ(run.exit_code, 3) << run.err;
   EXPECT_THAT(run.err, HasSubstr("did not answer within 0.3 s (--rpc-timeout)"));
   server->Shutdown(std::chrono::system_clock::now());
@@ -391,8 +391,8 @@ class WithCoordinatorTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     address_ = "127.0.0.1:" + std::to_string(server_->port());
-    stub_ = v1::JobService::NewStub(
-        grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+    stub_ =
+        v1::JobService::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
   }
 
   void TearDown() override {
@@ -450,16 +450,16 @@ TEST(ClientCommandsTlsTest, MutualTlsWithCertsAndRefusedWithout) {
   EXPECT_EQ(tls.exit_code, 0) << tls.err;
   EXPECT_THAT(tls.out, HasSubstr("JOB"));
 
-  RunResult plaintext = RunTandem(
-      {"list", "--coordinator", address, "--insecure", "--connect-timeout", "0.5"});
+  RunResult plaintext =
+      RunTandem({"list", "--coordinator", address, "--insecure", "--connect-timeout", "0.5"});
   EXPECT_EQ(plaintext.exit_code, 3);
   EXPECT_THAT(plaintext.err, HasSubstr("cannot reach the coordinator at " + address));
 
   // Certificates from another CA are refused in the handshake.
   const std::string other = dir.Join("other");
   ASSERT_TRUE(CreateCertificates(other, {"localhost", "127.0.0.1"}).ok());
-  RunResult stranger = RunTandem(
-      {"list", "--coordinator", address, "--certs", other, "--connect-timeout", "0.5"});
+  RunResult stranger =
+      RunTandem({"list", "--coordinator", address, "--certs", other, "--connect-timeout", "0.5"});
   EXPECT_EQ(stranger.exit_code, 3);
   EXPECT_THAT(stranger.err, HasSubstr("cannot reach the coordinator at " + address));
 }
@@ -507,9 +507,9 @@ TEST_F(WithCoordinatorTest, SubmitListStatusCancel) {
   EXPECT_EQ(status["job"], job);
   EXPECT_THAT(status["state"].get<std::string>(),
               ::testing::AnyOf("PENDING", "STARTING", "RUNNING"));
-  for (const char* key : {"step", "total_steps", "loss", "test_accuracy", "wan_bytes_sent",
-                          "compression_ratio", "generation", "restarts", "last_detect_s",
-                          "last_recover_s", "pools", "events"}) {
+  for (const char* key :
+       {"step", "total_steps", "loss", "test_accuracy", "wan_bytes_sent", "compression_ratio",
+        "generation", "restarts", "last_detect_s", "last_recover_s", "pools", "events"}) {
     EXPECT_TRUE(status.contains(key)) << key;
   }
   ASSERT_EQ(status["pools"].size(), 1u);
@@ -604,9 +604,9 @@ TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {
   const std::string command = testing::TandemBinary() + " status " + job +
                               " --watch --interval 0.1 --insecure --coordinator " + address_;
   std::future<int> scripted = std::async(std::launch::async, [&] {
-    return std::system(("script -qfec '" + command + "' " + dir_.Join("typescript") +
-                        " > /dev/null 2>&1")
-                           .c_str());
+    return std::system(
+        ("script -qfec '" + command + "' " + dir_.Join("typescript") + " > /dev/null 2>&1")
+            .c_str());
   });
   // Step 10 only once step 5 is on the screen, then the end once step 10 is.
   auto wait_for_screen = [&](const std::string& text) {
@@ -647,9 +647,9 @@ TEST_F(WithCoordinatorTest, CtrlCStopsWatchingNotTheJob) {
   ASSERT_FALSE(job.empty());
   const std::string out = dir_.Join("watch.out");
   const std::string err = dir_.Join("watch.err");
-  const pid_t pid = SpawnTandem({"status", job, "--watch", "--interval", "0.1", "--coordinator",
-                                 address_, "--insecure"},
-                                out, err);
+  const pid_t pid = SpawnTandem(
+      {"status", job, "--watch", "--interval", "0.1", "--coordinator", address_, "--insecure"}, out,
+      err);
   ASSERT_GT(pid, 0);
   // Interrupt once the first view is out, so the handler is installed.
   EXPECT_TRUE(WaitForText(out, "job " + job));
@@ -669,10 +669,10 @@ TEST_F(WithCoordinatorTest, WatchGivesUpOnALostCoordinator) {
   ASSERT_FALSE(job.empty());
   const std::string out = dir_.Join("watch.out");
   const std::string err = dir_.Join("watch.err");
-  const pid_t pid = SpawnTandem({"status", job, "--watch", "--interval", "0.1", "--output", "json",
-                                 "--connect-timeout", "1", "--rpc-timeout", "0.5", "--coordinator",
-                                 address_, "--insecure"},
-                                out, err);
+  const pid_t pid = SpawnTandem(
+      {"status", job, "--watch", "--interval", "0.1", "--output", "json", "--connect-timeout", "1",
+       "--rpc-timeout", "0.5", "--coordinator", address_, "--insecure"},
+      out, err);
   ASSERT_GT(pid, 0);
   EXPECT_TRUE(WaitForText(out, job));
   agent_.reset();
@@ -694,8 +694,9 @@ TEST_F(WithCoordinatorTest, LogsFollowUntilTheJobEnds) {
   EXPECT_EQ(logs.exit_code, 0) << logs.err;
   EXPECT_THAT(logs.out, HasSubstr("[cloud-a] first line"));
 
-  std::future<RunResult> follow =
-      std::async(std::launch::async, [&] { return Tandem({"logs", job, "-f"}); });
+  std::future<RunResult> follow = std::async(std::launch::async, [&] {
+    return Tandem({"logs", job, "-f"});
+  });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   ASSERT_TRUE(agent_->Report(job, {"second line"}, {}).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -725,7 +726,10 @@ TEST_F(WithCoordinatorTest, CheckpointsAndExportFetchFromTheCloudThatHasIt) {
   absl::StatusOr<v1::CheckpointManifest> saved = agent_->store().Save(
       manifest,
       {{"model.fc.weight", v1::DTYPE_FLOAT32, {2, 2}, weight.data(), weight.size() * 4},
-       {"optim.momentum.fc.weight", v1::DTYPE_FLOAT32, {2, 2}, momentum.data(),
+       {"optim.momentum.fc.weight",
+        v1::DTYPE_FLOAT32,
+        {2, 2},
+        momentum.data(),
         momentum.size() * 4}},
       3);
   ASSERT_TRUE(saved.ok()) << saved.status();
