@@ -20,6 +20,8 @@ int ServeStoreCommand(const std::vector<std::string>& args);
 int ReplicateCommand(const std::vector<std::string>& args);
 int AgentCommand(const std::vector<std::string>& args);
 int CoordinatorCommand(const std::vector<std::string>& args);
+// `tandem up`: a coordinator and two clouds' agents on this machine.
+int UpCommand(const std::vector<std::string>& args);
 // `tandem worker`: one rank of a pool, started by mpirun, not by users.
 int WorkerCommand(int argc, char** argv);
 

@@ -23,6 +23,8 @@ Commands:
   certs init [DIR]  make the CA and certificates for mutual TLS
   coordinator       run the control plane (jobs, agents' leases, failover)
   agent             run one cloud's agent (its pool, worker groups, store)
+  up                run a coordinator and two clouds' agents (cloud-a, cloud-b)
+                    on this machine, optionally with an emulated WAN between them
 
 Run `tandem COMMAND --help` for a command's options.
 
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
   if (command == "certs") return tandem::cli::CertsCommand(args);
   if (command == "coordinator") return tandem::cli::CoordinatorCommand(args);
   if (command == "agent") return tandem::cli::AgentCommand(args);
+  if (command == "up") return tandem::cli::UpCommand(args);
   std::cerr << "tandem: unknown command '" << command
             << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;
