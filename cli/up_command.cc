@@ -180,7 +180,8 @@ bool Reap(Child& child) {
 }
 
 std::string ExitDescription(int code) {
-  if (code > 128) return absl::StrFormat("was killed by signal %d (%s)", code - 128, strsignal(code - 128));
+  if (code > 128)
+    return absl::StrFormat("was killed by signal %d (%s)", code - 128, strsignal(code - 128));
   return absl::StrFormat("exited with code %d", code);
 }
 
@@ -208,13 +209,28 @@ std::optional<std::string> FindLogLine(const std::string& path, const std::strin
   return std::nullopt;
 }
 
-absl::StatusOr<uint32_t> FreeLoopbackPort() {
+// Binds 127.0.0.1:port (0: any free port) and lets go; returns the port.
+// Without SO_REUSEPORT this fails on a port that anything listens on, even a
+// gRPC server (which sets SO_REUSEPORT, so a second one would share the port
+// silently).
+absl::StatusOr<uint32_t> ProbeLoopbackPort(uint32_t port = 0) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(port));
   socklen_t length = sizeof(address);
+  if (port != 0 && bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    const int error = errno;
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "127.0.0.1:%d is %s", port, error == EADDRINUSE ? "in use" : std::strerror(error)));
+  }
+  if (port != 0) {
+    close(fd);
+    return port;
+  }
   if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
       getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
     const int error = errno;
@@ -281,8 +297,7 @@ bool Up::ReportDeadChild() {
   for (Child* child : all) {
     if (child->pid > 0 && Reap(*child)) {
       std::cerr << "tandem up: " << child->name << " (pid " << child->pid << ") "
-                << ExitDescription(*child->exit_code) << "; the end of " << child->log_path
-                << ":\n"
+                << ExitDescription(*child->exit_code) << "; the end of " << child->log_path << ":\n"
                 << LogTail(child->log_path);
       return true;
     }
@@ -343,8 +358,9 @@ bool Up::Stop(std::vector<Child*> all, std::chrono::seconds timeout) {
     if (now >= deadline && !killed) {
       for (Child* child : children) {
         if (Reap(*child)) continue;
-        std::cerr << absl::StrFormat("tandem up: %s (pid %d) did not exit within %d s; killing it\n",
-                                     child->name, child->pid, timeout.count());
+        std::cerr << absl::StrFormat(
+            "tandem up: %s (pid %d) did not exit within %d s; killing it\n", child->name,
+            child->pid, timeout.count());
         kill(-child->pid, SIGKILL);
         kill(child->pid, SIGKILL);
       }
@@ -435,7 +451,8 @@ int Up::Run() {
       return kExitFailed;
     }
   }
-  if (fs::exists(options_.home + "/coordinator") && !fs::is_regular_file(options_.home + "/coordinator")) {
+  if (fs::exists(options_.home + "/coordinator") &&
+      !fs::is_regular_file(options_.home + "/coordinator")) {
     std::cerr << "tandem up: " << options_.home
               << "/coordinator is not a file; move it away (up writes the coordinator's "
                  "address there)\n";
@@ -449,7 +466,8 @@ int Up::Run() {
     for (const char* file : {kTlsCaCertFile, kTlsCertFile, kTlsKeyFile}) {
       complete &= fs::exists(fs::path(certs_) / file);
     }
-    if (!complete) std::cout << "creating TLS certificates in " << certs_ << " (tandem certs init)\n";
+    if (!complete)
+      std::cout << "creating TLS certificates in " << certs_ << " (tandem certs init)\n";
     absl::Status status = CreateCertificates(certs_, {"localhost", "127.0.0.1", "::1"});
     if (!status.ok()) {
       std::cerr << "tandem up: TLS certificates in " << certs_ << ": " << status.message()
@@ -460,13 +478,32 @@ int Up::Run() {
 
   // WAN ports: cloud i's leaders listen on wan_port + i; its proxy on
   // wan_port + 10 + i with its control socket on wan_port + 20 + i.
+  // Fixed ports are checked first: another `tandem up` most likely holds them.
+  std::vector<uint32_t> fixed_ports;
+  if (options_.port != 0) fixed_ports.push_back(options_.port);
+  for (size_t i = 0; options_.wan_port != 0 && i < std::size(kClouds); ++i) {
+    fixed_ports.push_back(options_.wan_port + i);
+    if (emulate_wan) {
+      fixed_ports.push_back(options_.wan_port + 10 + i);
+      fixed_ports.push_back(options_.wan_port + 20 + i);
+    }
+  }
+  for (uint32_t port : fixed_ports) {
+    absl::StatusOr<uint32_t> probe = ProbeLoopbackPort(port);
+    if (!probe.ok()) {
+      std::cerr << "tandem up: " << probe.status().message()
+                << " (another `tandem up`? pass other --port / --wan-port, or 0 for any free "
+                   "ports)\n";
+      return kExitFailed;
+    }
+  }
   std::vector<uint32_t> wan_ports;
   for (size_t i = 0; i < std::size(kClouds); ++i) {
     if (options_.wan_port != 0) {
       wan_ports.push_back(options_.wan_port + i);
       continue;
     }
-    absl::StatusOr<uint32_t> port = FreeLoopbackPort();
+    absl::StatusOr<uint32_t> port = ProbeLoopbackPort();
     if (!port.ok()) {
       std::cerr << "tandem up: " << port.status().message() << "\n";
       return kExitFailed;
@@ -474,8 +511,8 @@ int Up::Run() {
     wan_ports.push_back(*port);
   }
 
-  deadline_ = Clock::now() + std::chrono::milliseconds(
-                                 static_cast<int64_t>(options_.startup_timeout_s * 1000));
+  deadline_ = Clock::now() +
+              std::chrono::milliseconds(static_cast<int64_t>(options_.startup_timeout_s * 1000));
   auto fail = [this](Abort abort) {
     const bool clean = Shutdown();
     if (abort == Abort::kSignal && clean) return kExitOk;
@@ -486,9 +523,9 @@ int Up::Run() {
   absl::Status status = StartChild(
       "coordinator", "coordinator",
       [&] {
-        std::vector<std::string> argv = {self, "coordinator", "--listen",
-                                         absl::StrCat("127.0.0.1:", options_.port), "--state",
-                                         state};
+        std::vector<std::string> argv = {self,       "coordinator",
+                                         "--listen", absl::StrCat("127.0.0.1:", options_.port),
+                                         "--state",  state};
         argv.insert(argv.end(), security.begin(), security.end());
         return argv;
       }(),
@@ -528,18 +565,17 @@ int Up::Run() {
   proxies_.resize(emulate_wan ? std::size(kClouds) : 0);
   for (size_t i = 0; i < proxies_.size(); ++i) {
     const uint32_t base = options_.wan_port;
-    std::vector<std::string> argv = {
-        proxy_binary,
-        "--listen",
-        absl::StrCat("127.0.0.1:", base == 0 ? 0 : base + 10 + i),
-        "--target",
-        advertise[i],
-        "--control",
-        absl::StrCat("127.0.0.1:", base == 0 ? 0 : base + 20 + i),
-        "--delay-ms",
-        absl::StrCat(options_.wan_delay_ms),
-        "--rate-mbit",
-        absl::StrCat(options_.wan_rate_mbit)};
+    std::vector<std::string> argv = {proxy_binary,
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", base == 0 ? 0 : base + 10 + i),
+                                     "--target",
+                                     advertise[i],
+                                     "--control",
+                                     absl::StrCat("127.0.0.1:", base == 0 ? 0 : base + 20 + i),
+                                     "--delay-ms",
+                                     absl::StrCat(options_.wan_delay_ms),
+                                     "--rate-mbit",
+                                     absl::StrCat(options_.wan_rate_mbit)};
     if (options_.wan_rate_mbit > 0 && options_.wan_delay_ms > 0) {
       // At most this many bytes in flight per direction: twice the
       // bandwidth-delay product, so that the rate and not the buffer limits.
@@ -614,10 +650,11 @@ int Up::Run() {
                         return false;
                       });
     if (abort != Abort::kNone) return fail(abort);
-    std::cout << absl::StrFormat("agent %-10s pid %-7d %d slots  wan 127.0.0.1:%d%s  store %s/%s\n",
-                                 kClouds[i], agents_[i].pid, options_.slots, wan_ports[i],
-                                 emulate_wan ? absl::StrCat(" (reached via ", advertise[i], ")") : "",
-                                 options_.home, kClouds[i]);
+    std::cout << absl::StrFormat(
+        "agent %-10s pid %-7d %d slots  wan 127.0.0.1:%d%s  store %s/%s\n", kClouds[i],
+        agents_[i].pid, options_.slots, wan_ports[i],
+        emulate_wan ? absl::StrCat(" (reached via ", advertise[i], ")") : "", options_.home,
+        kClouds[i]);
   }
 
   WriteAddressFile();
@@ -637,7 +674,7 @@ int Up::Run() {
             << "  logs:           " << logs_ << "/*.log (each process's stdout and stderr)\n";
   for (size_t i = 0; i < controls.size(); ++i) {
     const size_t colon = controls[i].rfind(':');
-    std::cout << "  cut " << kClouds[i] << "'s WAN link: echo 'partition on' | nc "
+    std::cout << "  cut the WAN into " << kClouds[i] << ": echo 'partition on' | nc -q1 "
               << controls[i].substr(0, colon) << " " << controls[i].substr(colon + 1)
               << "   (also: partition off, stats, delay MS, rate MBIT)\n";
   }
@@ -676,10 +713,13 @@ other cloud's gradient streams on 127.0.0.1:--wan-port, cloud-b's on
 --wan-port + 1.
 
 With --wan-delay or --wan-rate, every byte between the clouds crosses a
-tandem-wan-proxy (one in front of each cloud, on --wan-port + 10 and + 11)
-that adds the delay and limits the rate; each proxy's line-based control
-socket (--wan-port + 20 and + 21) takes `partition on|off`, `stats`, `delay
-MS`, `rate MBIT` (e.g. `echo 'partition on' | nc 127.0.0.1 7471`).
+tandem-wan-proxy: one in front of each cloud's leaders (on --wan-port + 10
+and + 11; the other cloud dials it) that adds the delay and limits the rate
+in each direction. Each proxy's line-based control socket (--wan-port + 20
+and + 21) takes `partition on|off`, `stats`, `delay MS`, `rate MBIT`; e.g.
+`echo 'partition on' | nc -q1 127.0.0.1 7471` cuts the connections into
+cloud-a. The fixed ports must be free (exit 1 otherwise); --port 0 and
+--wan-port 0 pick free ones, printed at start.
 
 Mutual TLS everywhere unless --insecure; the material in HOME/certs is created
 first if it is missing (as `tandem certs init HOME/certs` does).
@@ -708,7 +748,7 @@ Options)");
        "worker ranks each cloud may run at once")
       ("insecure", po::bool_switch(&options.insecure), "plaintext instead of mutual TLS")
       ("wan-delay", po::value(&options.wan_delay_ms)->default_value(0)->value_name("MS"),
-       "one-way delay added between the clouds, in milliseconds")
+       "one-way delay added between the clouds (each direction), in milliseconds")
       ("wan-rate", po::value(&options.wan_rate_mbit)->default_value(0)->value_name("MBIT"),
        "bandwidth between the clouds per direction, in Mbit/s (0: unlimited)")
       ("wan-port", po::value(&options.wan_port)->default_value(options.wan_port)->value_name("P"),

@@ -109,9 +109,9 @@ class UpTest : public ::testing::Test {
     const auto end = Clock::now() + deadline;
     while (!ready()) {
       std::optional<int> code = up_->Wait(std::chrono::milliseconds(100));
-      ASSERT_FALSE(code.has_value()) << "tandem up exited with " << *code << " before " << what
-                                     << ":\n"
-                                     << Log();
+      ASSERT_FALSE(code.has_value())
+          << "tandem up exited with " << *code << " before " << what << ":\n"
+          << Log();
       ASSERT_LT(Clock::now(), end) << "timed out waiting for " << what << ":\n" << Log();
     }
   }
@@ -134,7 +134,8 @@ class UpTest : public ::testing::Test {
       if (!stub->ListPools(&context, v1::ListPoolsRequest(), &response).ok()) return false;
       int alive = 0;
       for (const v1::PoolHealth& pool : response.pools()) {
-        alive += pool.alive() && (pool.pool().cloud() == "cloud-a" || pool.pool().cloud() == "cloud-b");
+        alive +=
+            pool.alive() && (pool.pool().cloud() == "cloud-a" || pool.pool().cloud() == "cloud-b");
       }
       pools.assign(response.pools().begin(), response.pools().end());
       return alive == 2;
@@ -149,7 +150,8 @@ class UpTest : public ::testing::Test {
     ASSERT_TRUE(code.has_value()) << "tandem up did not exit:\n" << Log();
     EXPECT_EQ(*code, expected_code) << Log();
     EXPECT_FALSE(std::filesystem::exists(Home() + "/coordinator"));
-    for (const auto& [name, pid] : StartedPids(Log())) EXPECT_TRUE(Gone(pid)) << name << " (pid " << pid << ") is left";
+    for (const auto& [name, pid] : StartedPids(Log()))
+      EXPECT_TRUE(Gone(pid)) << name << " (pid " << pid << ") is left";
   }
 
   void TearDown() override {
@@ -193,9 +195,7 @@ TEST_F(UpTest, EmulatesTheWanWithTlsAndProxiesThatAnswerOnTheirControlPorts) {
   StartUp({"--wan-delay", "5", "--wan-rate", "100"});
   const std::vector<v1::PoolHealth> pools = [&] {
     // The certificates exist by the time up writes the address file.
-    WaitFor("HOME/coordinator", [&] {
-      return std::filesystem::exists(Home() + "/coordinator");
-    });
+    WaitFor("HOME/coordinator", [&] { return std::filesystem::exists(Home() + "/coordinator"); });
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
         ChannelCredentials(Home() + "/certs");
     EXPECT_TRUE(tls.ok()) << tls.status();
@@ -207,8 +207,7 @@ TEST_F(UpTest, EmulatesTheWanWithTlsAndProxiesThatAnswerOnTheirControlPorts) {
   ASSERT_EQ(pids.size(), 5u) << Log();
 
   // Each proxy line: "wan-proxy cloud-a pid N LISTEN -> TARGET ... control CONTROL".
-  const std::regex proxy_line(
-      R"(wan-proxy (cloud-[ab])\s+pid \d+\s+(\S+) -> \S+.*control (\S+))");
+  const std::regex proxy_line(R"(wan-proxy (cloud-[ab])\s+pid \d+\s+(\S+) -> \S+.*control (\S+))");
   std::map<std::string, std::pair<std::string, std::string>> proxies;  // cloud -> listen, control
   std::istringstream in(Log());
   std::string line;
@@ -244,8 +243,29 @@ TEST_F(UpTest, AChildThatDiesStopsTheRestAndExits1) {
       << Log();
 }
 
-TEST_F(UpTest, ACoordinatorThatCannotListenIsNamedWithTheEndOfItsLog) {
-  // Hold the port, so the coordinator fails to bind it.
+TEST_F(UpTest, ACoordinatorThatFailsToStartIsNamedWithTheEndOfItsLog) {
+  // Another coordinator holds HOME's state (as a second `up` on the same
+  // HOME with another port would find it).
+  std::filesystem::create_directories(Home());
+  BackgroundTandem holder({"coordinator", "--listen", "127.0.0.1:0", "--state",
+                           Home() + "/coordinator-state", "--insecure"},
+                          dir_.Join("holder.log"));
+  const auto end = Clock::now() + kReadyDeadline;
+  while (holder.Log().find("listening on") == std::string::npos) {
+    ASSERT_FALSE(holder.Wait(std::chrono::milliseconds(100)).has_value()) << holder.Log();
+    ASSERT_LT(Clock::now(), end) << holder.Log();
+  }
+  StartUp({"--insecure"});
+  ExpectExit(1);
+  EXPECT_NE(Log().find("tandem up: coordinator (pid"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("exited with code 1; the end of " + Home() + "/logs/coordinator.log"),
+            std::string::npos)
+      << Log();
+  EXPECT_EQ(StartedPids(Log()).count("agent cloud-a"), 0u) << Log();
+  EXPECT_FALSE(std::filesystem::exists(Home() + "/coordinator"));
+}
+
+TEST_F(UpTest, APortInUseIsReportedBeforeAnythingStarts) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -254,18 +274,13 @@ TEST_F(UpTest, ACoordinatorThatCannotListenIsNamedWithTheEndOfItsLog) {
   ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
   ASSERT_EQ(listen(fd, 1), 0);
   getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  const int port = ntohs(address.sin_port);
-  up_ = std::make_unique<BackgroundTandem>(
-      std::vector<std::string>{"up", "--home", Home(), "--insecure", "--port",
-                               std::to_string(port), "--wan-port", "0"},
-      dir_.Join("up.log"));
-  ExpectExit(1);
+  const std::string port = std::to_string(ntohs(address.sin_port));
+  testing::RunResult result =
+      RunTandem({"up", "--home", Home(), "--insecure", "--port", port, "--wan-port", "0"});
   close(fd);
-  EXPECT_NE(Log().find("tandem up: coordinator (pid"), std::string::npos) << Log();
-  EXPECT_NE(Log().find("exited with code 1; the end of " + Home() + "/logs/coordinator.log"),
-            std::string::npos)
-      << Log();
-  EXPECT_FALSE(std::filesystem::exists(Home() + "/coordinator"));
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_NE(result.err.find("127.0.0.1:" + port + " is in use"), std::string::npos) << result.err;
+  EXPECT_EQ(result.out.find("started"), std::string::npos) << result.out;
 }
 
 TEST_F(UpTest, StartupDeadlineFires) {
