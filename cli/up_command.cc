@@ -276,7 +276,6 @@ class Up {
   std::unique_ptr<v1::JobService::Stub> stub_;
   Clock::time_point deadline_;
   bool address_file_written_ = false;
-  bool stop_requested_ = false;
 };
 
 absl::Status Up::StartChild(const std::string& name, const std::string& log_name,
@@ -321,7 +320,6 @@ Up::Abort Up::WaitUntil(const std::string& what, Child* responsible,
     const int signal = WaitSignal(std::chrono::duration_cast<std::chrono::milliseconds>(wait));
     if (signal == SIGINT || signal == SIGTERM) {
       std::cerr << "tandem up: stopped by signal " << signal << " while starting\n";
-      stop_requested_ = true;
       return Abort::kSignal;
     }
   }
