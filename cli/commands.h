@@ -28,6 +28,8 @@ int ListCommand(const std::vector<std::string>& args);
 int LogsCommand(const std::vector<std::string>& args);
 int CancelCommand(const std::vector<std::string>& args);
 int MigrateCommand(const std::vector<std::string>& args);
+// `tandem up`: a coordinator and two clouds' agents on this machine.
+int UpCommand(const std::vector<std::string>& args);
 // `tandem worker`: one rank of a pool, started by mpirun, not by users.
 int WorkerCommand(int argc, char** argv);
 

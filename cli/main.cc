@@ -36,6 +36,8 @@ On this machine:
   certs init [DIR]    make the CA and certificates for mutual TLS
   coordinator         run the control plane (jobs, agents' leases, failover)
   agent               run one cloud's agent (its pool, worker groups, store)
+  up                  run a coordinator and two clouds' agents (cloud-a, cloud-b)
+                      on this machine, optionally with an emulated WAN between them
 
 The coordinator's address is --coordinator HOST:PORT, else $TANDEM_COORDINATOR,
 else the line in ~/.tandem/coordinator (written by `tandem up`), else
@@ -77,6 +79,7 @@ int main(int argc, char** argv) {
   if (command == "logs") return tandem::cli::LogsCommand(args);
   if (command == "cancel") return tandem::cli::CancelCommand(args);
   if (command == "migrate") return tandem::cli::MigrateCommand(args);
+  if (command == "up") return tandem::cli::UpCommand(args);
   std::cerr << "tandem: unknown command '" << command
             << "'\nRun `tandem --help` for the commands.\n";
   return tandem::cli::kExitUsage;
