@@ -23,6 +23,7 @@
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "checkpoint/torch_file.h"
+#include "tandem/v1/exchange.grpc.pb.h"
 #include "transport/codec.h"
 #include "transport/grpc_link.h"
 #include "transport/tls.h"
@@ -318,6 +319,7 @@ class Trainer {
   std::vector<std::string> link_addresses_;  // leader; by pool index
   std::unique_ptr<PlanClient> plan_client_;  // leader, coordinator mode
   std::unique_ptr<grpc::Server> standby_;    // leader, alone in its plan
+  std::unique_ptr<v1::GradientExchange::Service> standby_service_;
   std::optional<v1::Plan> pending_plan_;     // leader
   bool joining_ = false;
   bool stopped_ = false;
@@ -624,8 +626,13 @@ absl::Status Trainer::StartStandby() {
     if (!server.ok()) return server.status();
     credentials = *server;
   }
-  builder.AddListeningPort(options_.link_listen, credentials);
-  grpc::EnableDefaultHealthCheckService(true);  // a server needs a service
+  int port = 0;
+  builder.AddListeningPort(options_.link_listen, credentials, &port);
+  // A server needs a service; this one answers every call UNIMPLEMENTED.
+  if (standby_service_ == nullptr) {
+    standby_service_ = std::make_unique<v1::GradientExchange::Service>();
+  }
+  builder.RegisterService(standby_service_.get());
   standby_ = builder.BuildAndStart();
   if (standby_ == nullptr) {
     return absl::UnavailableError(
