@@ -71,6 +71,7 @@ class Cluster {
   // WanProxy (the emulated WAN), which the test can partition.
   void StartAgent(const std::string& cloud, int slots, bool behind_proxy = false) {
     if (wan_ports_.count(cloud) == 0) wan_ports_[cloud] = FreeLoopbackPort();
+    if (replication_ports_.count(cloud) == 0) replication_ports_[cloud] = FreeLoopbackPort();
     std::string advertise = Address(wan_ports_[cloud]);
     if (behind_proxy) {
       WanProxyOptions options;
@@ -85,6 +86,7 @@ class Cluster {
                                  Address(coordinator_port_), "--store", dir_.Join(cloud),
                                  "--slots", std::to_string(slots), "--wan-listen",
                                  Address(wan_ports_[cloud]), "--wan-advertise", advertise,
+                                 "--replication-listen", Address(replication_ports_[cloud]),
                                  "--insecure", "--heartbeat-ms", "500", "--exchange-timeout-ms",
                                  "5000", "--sample-log", dir_.Join("samples")},
         dir_.Join(cloud + ".log"));
@@ -127,6 +129,16 @@ class Cluster {
     grpc::Status status = jobs_->SubmitJob(&context, request, &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response.job_id();
+  }
+
+  grpc::Status Migrate(const std::string& id, const std::string& cloud) {
+    v1::MigrateJobRequest request;
+    request.set_job_id(id);
+    request.set_to_cloud(cloud);
+    v1::JobStatus job;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return jobs_->MigrateJob(&context, request, &job);
   }
 
   v1::JobStatus Job(const std::string& id) {
@@ -176,9 +188,21 @@ class Cluster {
   std::unique_ptr<BackgroundTandem> coordinator_;
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::map<std::string, int> wan_ports_;
+  std::map<std::string, int> replication_ports_;
   std::map<std::string, std::unique_ptr<BackgroundTandem>> agents_;
   std::map<std::string, std::unique_ptr<WanProxy>> proxies_;
 };
+
+std::string OneCloudSpec(uint64_t max_steps) {
+  return absl::StrFormat(R"(name: migrating
+model: {arch: cnn}
+train: {epochs: 1, max_steps: %d, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 7}
+checkpoint: {every_steps: 50, keep: 2, async: true}
+pools:
+  - {cloud: cloud-a, workers: 1}
+)",
+                         max_steps);
+}
 
 std::string TwoCloudSpec(uint64_t max_steps) {
   return absl::StrFormat(R"(name: failover
@@ -320,6 +344,37 @@ TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
     EXPECT_EQ(pool.state(), v1::POOL_STATE_DONE) << pool.DebugString();
   }
   EXPECT_EQ(done.restarts(), 0u);
+  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+}
+
+TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const uint64_t steps = 400;
+  const std::string job = cluster.Submit(OneCloudSpec(steps));
+  cluster.WaitFor("step 40", [&] {
+    const v1::JobStatus status = cluster.Job(job);
+    return status.state() == v1::JOB_STATE_RUNNING && status.progress().step() >= 40;
+  });
+  const grpc::Status migrate = cluster.Migrate(job, "cloud-b");
+  ASSERT_TRUE(migrate.ok()) << migrate.error_message() << cluster.Logs();
+
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  ASSERT_EQ(done.pools_size(), 1) << done.DebugString();
+  EXPECT_EQ(done.pools(0).cloud(), "cloud-b");
+  EXPECT_TRUE(HasEvent(done, v1::JOB_STATE_MIGRATING, "cloud-b")) << done.DebugString();
+  bool copied = false;
+  for (const v1::JobEvent& e : done.events()) {
+    copied |= e.reason().find("bytes") != std::string::npos;
+  }
+  EXPECT_TRUE(copied) << done.DebugString();
+  EXPECT_EQ(done.restarts(), 0u);
+  // The pool on cloud-a stopped after a checkpoint; cloud-b went on from it.
   ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
 }
 
