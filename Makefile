@@ -5,7 +5,6 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
-SPEC ?= examples/fashion-mnist-cnn.yaml
 
 .PHONY: all deps configure build test demo asan format clean
 
@@ -24,9 +23,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
 
 demo: build
-	rm -rf $(BUILD)/demo-store
-	$(BUILD)/bin/tandem train $(SPEC) --store $(BUILD)/demo-store
-	$(BUILD)/bin/tandem checkpoints --store $(BUILD)/demo-store
+	infra/demo.sh $(BUILD)
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON

@@ -67,6 +67,7 @@ struct UpOptions {
   uint32_t wan_delay_ms = 0;
   double wan_rate_mbit = 0;
   double startup_timeout_s = 60;
+  std::string sample_log_dir;  // test mode, passed to the agents
 };
 
 // A process `up` started. Its stdout and stderr go to log_path.
@@ -632,6 +633,9 @@ int Up::Run() {
                                      advertise[i],
                                      "--replication-listen",
                                      absl::StrCat("127.0.0.1:", replication_ports[i])};
+    if (!options_.sample_log_dir.empty()) {
+      argv.insert(argv.end(), {"--sample-log", options_.sample_log_dir});
+    }
     argv.insert(argv.end(), security.begin(), security.end());
     status = StartChild(absl::StrCat("agent ", kClouds[i]), absl::StrCat("agent-", kClouds[i]),
                         argv, &agents_[i]);
@@ -758,6 +762,8 @@ Options)");
        "one-way delay added between the clouds (each direction), in milliseconds")
       ("wan-rate", po::value(&options.wan_rate_mbit)->default_value(0)->value_name("MBIT"),
        "bandwidth between the clouds per direction, in Mbit/s (0: unlimited)")
+      ("sample-log", po::value(&options.sample_log_dir)->value_name("DIR"),
+       "test mode: the workers log the sample ids of every step to files here")
       ("wan-port", po::value(&options.wan_port)->default_value(options.wan_port)->value_name("P"),
        "first of the clouds' WAN ports, see above (0: any free ports)")
       ("startup-timeout",

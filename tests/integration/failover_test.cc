@@ -24,6 +24,7 @@
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/background_tandem.h"
 #include "tests/support/run_tandem.h"
+#include "tests/support/sample_log.h"
 #include "worker/job_spec.h"
 #include "worker/sampler.h"
 
@@ -37,7 +38,6 @@ using infra::WanProxy;
 using infra::WanProxyOptions;
 using Clock = std::chrono::steady_clock;
 
-constexpr uint64_t kTrainSamples = 60000;  // Fashion-MNIST's training set
 constexpr auto kJobDeadline = std::chrono::minutes(6);
 
 std::string Address(int port) { return absl::StrFormat("127.0.0.1:%d", port); }
@@ -217,38 +217,6 @@ pools:
                          max_steps);
 }
 
-// Every step 0..steps-1 consumed exactly the samples of its global batch, once.
-// Ranks log the slice they computed; a step's update is made of the slices of
-// its last generation (an attempt that a loss interrupted was redone by the
-// survivors under a newer generation, and its gradients were discarded).
-void ExpectEverySampleOnce(const std::string& dir, uint64_t steps, uint32_t batch,
-                           uint64_t seed) {
-  std::map<uint64_t, std::map<uint64_t, std::multiset<uint32_t>>> by_step;  // step -> gen -> ids
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    std::ifstream in(entry.path());
-    std::string line;
-    while (std::getline(in, line)) {
-      std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
-      ASSERT_GE(fields.size(), 2u) << entry.path() << ": " << line;
-      const uint64_t step = std::stoull(fields[0]);
-      const uint64_t generation = std::stoull(fields[1]);
-      auto& ids = by_step[step][generation];
-      for (size_t i = 2; i < fields.size(); ++i) ids.insert(std::stoul(fields[i]));
-    }
-  }
-  GlobalSampler sampler(kTrainSamples, batch, seed);
-  ASSERT_EQ(by_step.size(), steps);
-  std::set<uint32_t> seen;
-  for (uint64_t step = 0; step < steps; ++step) {
-    ASSERT_EQ(by_step.count(step), 1u) << "no rank logged step " << step;
-    const std::multiset<uint32_t>& ids = by_step[step].rbegin()->second;
-    const std::vector<uint32_t> expected = sampler.GlobalBatch(step * batch);
-    EXPECT_EQ(ids, std::multiset<uint32_t>(expected.begin(), expected.end()))
-        << "step " << step << " generation " << by_step[step].rbegin()->first;
-    for (uint32_t id : ids) EXPECT_TRUE(seen.insert(id).second) << "sample " << id << " twice";
-  }
-}
-
 bool HasEvent(const v1::JobStatus& job, v1::JobState to, const std::string& text) {
   for (const v1::JobEvent& e : job.events()) {
     if (e.to() == to && e.reason().find(text) != std::string::npos) return true;
@@ -275,7 +243,7 @@ TEST(FailoverTest, LosingACloudMidRunTheJobSucceedsOnTheOtherWithEverySampleOnce
   EXPECT_GT(done.last_recover_s(), 0) << done.DebugString();
   EXPECT_EQ(done.restarts(), 0u) << "the survivors restarted instead of going on";
   EXPECT_GT(done.progress().test_accuracy(), 0.6);
-  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
 }
 
 TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
@@ -298,7 +266,7 @@ TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
     EXPECT_EQ(done.events(i).reason(), before.events(i).reason()) << "event " << i;
   }
   EXPECT_EQ(done.restarts(), 0u) << done.DebugString() << cluster.Logs();
-  ExpectEverySampleOnce(dir.Join("samples"), 300, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), 300, 32, 7));
 }
 
 TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
@@ -344,7 +312,7 @@ TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
     EXPECT_EQ(pool.state(), v1::POOL_STATE_DONE) << pool.DebugString();
   }
   EXPECT_EQ(done.restarts(), 0u);
-  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
 }
 
 TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {
@@ -375,7 +343,7 @@ TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {
   EXPECT_TRUE(copied) << done.DebugString();
   EXPECT_EQ(done.restarts(), 0u);
   // The pool on cloud-a stopped after a checkpoint; cloud-b went on from it.
-  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
 }
 
 }  // namespace
