@@ -21,13 +21,17 @@ work=$(mktemp -d /tmp/tandem-failover-bench-XXXXXX)
 up_pid=""
 agent_a=""
 cleanup() {
-  [[ -n "$agent_a" ]] && kill -CONT -- "-$agent_a" 2>/dev/null || true
+  [[ -n "$agent_a" ]] && signal_cloud_a CONT
   if [[ -n "$up_pid" ]] && kill -0 "$up_pid" 2>/dev/null; then kill -INT "$up_pid"; wait "$up_pid" || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 py() { /usr/bin/python3 -c "$@"; }
+# cloud-a's agent and its descendants (mpirun puts each rank in a process
+# group of its own, so a group signal would miss the workers).
+tree() { local p; echo "$1"; for p in $(ps -o pid= --ppid "$1"); do tree "$p"; done; }
+signal_cloud_a() { local pids; pids=$(tree "$agent_a"); kill "-$1" $pids 2>/dev/null || true; }
 json() { py 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
 
 start_up() {  # start_up HOME [up flags...]
@@ -46,7 +50,7 @@ start_up() {  # start_up HOME [up flags...]
   agent_a=$(sed -n 's/^agent cloud-a *pid \([0-9]*\).*/\1/p' "$home/up.out")
 }
 stop_up() {
-  kill -CONT -- "-$agent_a" 2>/dev/null || true
+  signal_cloud_a CONT
   kill -INT "$up_pid"
   wait "$up_pid" || true
   up_pid=""
@@ -107,7 +111,7 @@ loss_run() {  # loss_run KIND (freeze | partition) -> one table row
       exec 3<>"/dev/tcp/127.0.0.1/$port"; echo "partition on" >&3; head -n1 <&3 >/dev/null; exec 3>&-
     done
   else
-    kill -STOP -- "-$agent_a"
+    signal_cloud_a STOP
   fi
   wait_for "$job" 300 'd["state"] == "RUNNING" and d["last_recover_s"] > 0'
   local s

@@ -15,12 +15,16 @@ up_pid=""
 watch_pid=""
 agent_a=""
 
+# A process and its descendants (mpirun puts each rank in a process group of
+# its own, so a group signal would miss the workers).
+tree() { local p; echo "$1"; for p in $(ps -o pid= --ppid "$1"); do tree "$p"; done; }
+signal_cloud_a() { local pids; pids=$(tree "$agent_a"); kill "-$1" $pids 2>/dev/null || true; }
 say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
 json() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
 
 cleanup() {
   local rc=$?
-  [[ -n "$agent_a" ]] && kill -CONT -- "-$agent_a" 2>/dev/null || true
+  [[ -n "$agent_a" ]] && signal_cloud_a CONT
   [[ -n "$watch_pid" ]] && kill "$watch_pid" 2>/dev/null || true
   if [[ -n "$up_pid" ]] && kill -0 "$up_pid" 2>/dev/null; then
     kill -INT "$up_pid"
@@ -81,7 +85,7 @@ wait_for "start of training" 300 'd["state"] == "RUNNING" and d["total_steps"] >
 total=$(client status "$job" --output json | json 'd["total_steps"]')
 wait_for "halfway" 600 "d['step'] >= $total // 2"
 say "Cutting cloud-a off at step $(client status "$job" --output json | json 'd["step"]'): its agent and workers freeze, as if the cloud vanished"
-kill -STOP -- "-$agent_a"
+signal_cloud_a STOP
 cut_at=$SECONDS
 wait_for "recovery" 120 'd["state"] == "RECOVERING" or d["last_recover_s"] > 0'
 say "The coordinator lost cloud-a's lease: the job goes on with cloud-b alone, from where it was"
@@ -89,7 +93,7 @@ wait_for "the next steps on cloud-b" 120 'd["state"] == "RUNNING" and d["last_re
 step_b=$(client status "$job" --output json | json 'd["step"]')
 wait_for "progress on cloud-b" 300 "d['step'] >= $step_b + 60"
 say "Bringing cloud-a back after $((SECONDS - cut_at)) s"
-kill -CONT -- "-$agent_a"
+signal_cloud_a CONT
 wait_for "cloud-a rejoining" 300 'any("rejoins" in e["reason"] for e in d["events"]) or d["state"] in ("SUCCEEDED", "FAILED")'
 say "cloud-a fetched the current state from cloud-b and trains again"
 wait "$watch_pid" || true

@@ -62,6 +62,8 @@ class Cluster {
     jobs_ = v1::JobService::NewStub(channel);
   }
 
+  std::string state_dir() const { return dir_.Join("coordinator"); }
+
   void KillCoordinator() {
     coordinator_->SignalGroup(SIGKILL);
     coordinator_->Wait(std::chrono::milliseconds(-1));
@@ -98,7 +100,9 @@ class Cluster {
 
   // The cloud vanishes: its agent and every process it started.
   void KillCloud(const std::string& cloud) {
-    agents_[cloud]->SignalGroup(SIGKILL);
+    const std::vector<pid_t> tree = testing::ProcessTree(agents_[cloud]->pid());
+    EXPECT_GE(tree.size(), 3u) << "the agent, mpirun and a worker";
+    agents_[cloud]->SignalTree(SIGKILL);
     agents_[cloud]->Wait(std::chrono::milliseconds(-1));
   }
 
@@ -344,6 +348,34 @@ TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {
   EXPECT_EQ(done.restarts(), 0u);
   // The pool on cloud-a stopped after a checkpoint; cloud-b went on from it.
   EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
+}
+
+TEST(FailoverTest, ASecondCoordinatorOnTheSameStateIsRefusedAndTheFirstLosesNothing) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.WaitForClouds({"cloud-a"});
+  const std::string job = cluster.Submit(absl::StrFormat(R"(name: kept
+model: {arch: mlp}
+train: {max_steps: 5}
+pools:
+  - {cloud: cloud-a, workers: 1}
+)"));
+  ASSERT_FALSE(job.empty());
+  const v1::JobStatus before = cluster.Job(job);
+
+  testing::RunResult second = testing::RunTandem(
+      {"coordinator", "--state", cluster.state_dir(), "--listen", "127.0.0.1:0", "--insecure"});
+  EXPECT_EQ(second.exit_code, 1) << second.err;
+  EXPECT_NE(second.err.find("in use by another coordinator"), std::string::npos) << second.err;
+
+  const v1::JobStatus after = cluster.Job(job);
+  EXPECT_EQ(after.job_id(), job);
+  ASSERT_GE(after.events_size(), before.events_size());
+  for (int i = 0; i < before.events_size(); ++i) {
+    EXPECT_EQ(after.events(i).reason(), before.events(i).reason());
+  }
 }
 
 }  // namespace
