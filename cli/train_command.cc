@@ -70,7 +70,8 @@ nlohmann::json EventJson(const WorkerEvent& e, double t) {
               {"samples_per_s", p.samples_per_s()},
               {"wan_bytes_sent", p.wan_bytes_sent()}});
   } else if (e.kind == "eval") {
-    j.update({{"step", p.step()}, {"test_accuracy", p.test_accuracy()}, {"test_loss", p.test_loss()}});
+    j.update(
+        {{"step", p.step()}, {"test_accuracy", p.test_accuracy()}, {"test_loss", p.test_loss()}});
   } else if (e.kind == "checkpoint") {
     j.update({{"step", p.step()}, {"state_digest", p.state_digest()}});
   } else if (e.kind == "done") {
@@ -209,13 +210,12 @@ int TrainCommand(const std::vector<std::string>& args) {
   ProgressView view(std::cerr, isatty(STDERR_FILENO) != 0, output == "json",
                     spec->train().global_batch());
   const absl::Time start = absl::Now();
-  absl::StatusOr<TrainResult> result =
-      RunLocalTraining(options, *spec, [&](const WorkerEvent& e) {
-        view.OnEvent(e);
-        if (events.is_open()) {
-          events << EventJson(e, absl::ToDoubleSeconds(absl::Now() - start)).dump() << std::endl;
-        }
-      });
+  absl::StatusOr<TrainResult> result = RunLocalTraining(options, *spec, [&](const WorkerEvent& e) {
+    view.OnEvent(e);
+    if (events.is_open()) {
+      events << EventJson(e, absl::ToDoubleSeconds(absl::Now() - start)).dump() << std::endl;
+    }
+  });
   view.Finish();
   if (!result.ok()) {
     std::cerr << "tandem train: job " << spec->name() << " failed: " << result.status().message()
