@@ -155,7 +155,7 @@ def draw_plots(results, folder):
                 "set output 'accuracy_vs_step.png'\n"
                 "set multiplot layout 1,2 title 'Fashion-MNIST CNN: test accuracy against step'\n"
                 "set xlabel 'step (global batch 128)'\nset ylabel 'test accuracy'\n"
-                "set key bottom right\nset title 'all steps'\n")
+                "set key bottom right\nset title 'all steps'\nset xrange [0:*]\n")
             plots = [f"'accuracy_vs_step.csv' using 1:{i + 2} with linespoints pt {i + 1} ps 0.8"
                      for i in range(len(curves))]
             if fo_curve:
@@ -345,8 +345,11 @@ Fraction of the 100 Mbit/s link rate, one direction, {mib} MiB each way per roun
 
 {image(figures, 'goodput', 'goodput against RTT', out_dir)}
 
-Plot data: `goodput_vs_rtt.csv` next to the PNG. Each round ends with a round trip of acknowledgements, so at a fixed round size the
-fraction falls as the RTT grows even when the streams keep the link full.
+Plot data: `goodput_vs_rtt.csv` next to the PNG. Each round ends with a round trip of
+acknowledgements, so at a fixed round size a full link gives at most transfer time /
+(transfer time + RTT) of the rate ({mib} MiB take {int(mib) * 8 * 1.048576 / 100:.2f} s at 100 Mbit/s: a 200 ms RTT
+costs {100 * 0.2 / (int(mib) * 8 * 1.048576 / 100 + 0.2):.0f}%); differences of a few percent between stream counts are within the
+run-to-run spread on this shared machine.
 """
 
 
@@ -394,7 +397,8 @@ def accuracy_section(a, figures, out_dir):
         long_section = (f"{long_epochs} epochs (same settings, `train.epochs: {long_epochs}`"
                         + (f", stopped after {capped.group(1)} steps by --max-steps" if capped else "")
                         + f"):\n\nCommand: `{long['command']}` {when(long)}\n\n{output(long)}\n")
-        long_verdict = "; " + verdict(rows_of(long), f"{long_epochs} epochs")
+        long_verdict = "; " + verdict(rows_of(long), f"{long_epochs} epochs" if not capped else
+                                      f"{capped.group(1)} steps of the {long_epochs}-epoch runs")
     else:
         long_section = f"{long_epochs} epochs: not run (bench/run --max-steps caps every run).\n"
         long_verdict = ""
