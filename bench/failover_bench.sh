@@ -12,10 +12,17 @@
 #  3. Migration bytes: a one-pool job moved cloud-a -> cloud-b (the target has
 #     no copy: full) and back to cloud-a (which holds the job's checkpoint
 #     from before: incremental), with the bytes the copy sent.
-# Prints Markdown tables. Usage: bench/failover_bench.sh [BUILD_DIR] [RUNS]
+#  4. With EVENTS_FILE: one more two-cloud job with the test accuracy every 50
+#     steps, cloud-a frozen at step 200 and thawed 60 steps after the
+#     recovery; its evaluations and the failover step go to EVENTS_FILE as
+#     JSON lines ({"event":"eval",...}, {"event":"failover","step":N}) for
+#     bench/run's accuracy plot.
+# Prints Markdown tables.
+# Usage: bench/failover_bench.sh [BUILD_DIR] [RUNS] [EVENTS_FILE]
 set -euo pipefail
 build=${1:-build}
 runs=${2:-3}
+events_out=${3:-}
 tandem="$(cd "$build" && pwd)/bin/tandem"
 work=$(mktemp -d /tmp/tandem-failover-bench-XXXXXX)
 up_pid=""
@@ -70,7 +77,8 @@ spec() {  # spec NAME POOLS...
   {
     echo "name: $name"
     echo "model: {arch: cnn}"
-    echo "train: {epochs: 1, max_steps: 400, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 3}"
+    echo "train: {epochs: 1, max_steps: 400, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 3,"
+    echo "        eval_every_steps: ${EVAL_EVERY:-0}}"
     echo "checkpoint: {every_steps: 50, keep: 3}"
     echo "exchange: {codec: none, digest_every_steps: 10}"
     echo "pools:"
@@ -145,3 +153,30 @@ echo "| migration | target had | step copied | bytes sent |"
 echo "| --- | --- | --- | --- |"
 status "$job" | json '"\n".join("| %s | %s | %s | %s |" % ((("cloud-a -> cloud-b", "nothing of the job (full)") if i == 0 else ("cloud-b -> cloud-a", "its own older checkpoints of the job (incremental)")) + tuple(__import__("re").search(r"step (\d+) from .*replicated_bytes=(\d+)", e["reason"]).groups())) for i, e in enumerate([e for e in d["events"] if "replicated_bytes=" in e["reason"]]))'
 stop_up
+
+if [[ -n "$events_out" ]]; then
+  home="$work/accuracy"
+  start_up "$home"
+  job=$(EVAL_EVERY=50 client submit "$(EVAL_EVERY=50 spec accuracy '{cloud: cloud-a, workers: 1}' '{cloud: cloud-b, workers: 1}')" --output json | json 'd["job"]')
+  wait_for "$job" 600 'd["step"] >= 200'
+  signal_cloud_a STOP
+  failover_step=$(status "$job" | json 'd["step"]')
+  wait_for "$job" 300 'd["state"] == "RUNNING" and d["last_recover_s"] > 0'
+  wait_for "$job" 300 "d['step'] >= $failover_step + 60"
+  signal_cloud_a CONT
+  wait_for "$job" 900 'd["state"] in ("SUCCEEDED", "FAILED")'
+  client logs "$job" --output json | py '
+import json, re, sys
+seen = {}
+for line in sys.stdin:
+    text = json.loads(line).get("text", "")
+    m = re.match(r"step (\d+): test accuracy ([0-9.]+)", text) or re.match(r"done: (\d+) steps, test accuracy ([0-9.]+)", text)
+    if m:
+        seen.setdefault(int(m.group(1)), float(m.group(2)))
+with open(sys.argv[1], "w") as out:
+    for step in sorted(seen):
+        out.write(json.dumps({"event": "eval", "step": step, "test_accuracy": seen[step]}) + "\n")
+    out.write(json.dumps({"event": "failover", "step": int(sys.argv[2])}) + "\n")
+' "$events_out" "$failover_step"
+  stop_up
+fi
