@@ -54,17 +54,7 @@ absl::StatusOr<std::shared_ptr<JobStoresService::Entry>> JobStoresService::ForRe
   CheckpointStoreOptions options;
   options.read_only = true;
   options.create_if_missing = false;
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-      CheckpointStore::Open(root_ + "/" + *job, options);
-  if (!store.ok()) {
-    return absl::Status(store.status().code(),
-                        absl::StrFormat("job %s has no readable store on this cloud: %s", *job,
-                                        store.status().message()));
-  }
-  auto entry = std::make_shared<Entry>();
-  entry->store = std::move(*store);
-  entry->service = std::make_unique<ReplicationService>(*entry->store);
-  return entry;
+  return OpenEntry(*job, options, "has no readable store on this cloud");
 }
 
 absl::StatusOr<std::shared_ptr<JobStoresService::Entry>> JobStoresService::ForWriting(
@@ -74,17 +64,23 @@ absl::StatusOr<std::shared_ptr<JobStoresService::Entry>> JobStoresService::ForWr
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = writable_.find(*job);
   if (it != writable_.end()) return it->second;
+  absl::StatusOr<std::shared_ptr<Entry>> entry =
+      OpenEntry(*job, CheckpointStoreOptions(), "cannot take checkpoints on this cloud");
+  if (entry.ok()) writable_[*job] = *entry;
+  return entry;
+}
+
+absl::StatusOr<std::shared_ptr<JobStoresService::Entry>> JobStoresService::OpenEntry(
+    const std::string& job, const CheckpointStoreOptions& options, const char* failure) {
   absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
-      CheckpointStore::Open(root_ + "/" + *job);
+      CheckpointStore::Open(root_ + "/" + job, options);
   if (!store.ok()) {
-    return absl::Status(store.status().code(),
-                        absl::StrFormat("cannot take checkpoints of job %s on this cloud: %s",
-                                        *job, store.status().message()));
+    return absl::Status(store.status().code(), absl::StrFormat("job %s %s: %s", job, failure,
+                                                               store.status().message()));
   }
   auto entry = std::make_shared<Entry>();
   entry->store = std::move(*store);
   entry->service = std::make_unique<ReplicationService>(*entry->store);
-  writable_[*job] = entry;
   return entry;
 }
 

@@ -54,6 +54,10 @@ class JobStoresService final : public v1::CheckpointReplication::Service {
   // For reads: the open writable entry if any, else a fresh read-only view.
   absl::StatusOr<std::shared_ptr<Entry>> ForReading(grpc::ServerContext* context);
   absl::StatusOr<std::shared_ptr<Entry>> ForWriting(grpc::ServerContext* context);
+  // Opens the job's store with `options`; `failure` words the error.
+  absl::StatusOr<std::shared_ptr<Entry>> OpenEntry(const std::string& job,
+                                                   const CheckpointStoreOptions& options,
+                                                   const char* failure);
 
   const std::string root_;
   std::mutex mutex_;

@@ -48,6 +48,26 @@ class Heartbeater {
   std::thread thread_;
 };
 
+std::map<std::string, bool> Alive(v1::JobService::Stub* jobs) {
+  grpc::ClientContext context;
+  v1::ListPoolsResponse pools;
+  grpc::Status status = jobs->ListPools(&context, v1::ListPoolsRequest(), &pools);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::map<std::string, bool> alive;
+  for (const v1::PoolHealth& pool : pools.pools()) alive[pool.pool().cloud()] = pool.alive();
+  return alive;
+}
+
+// Polls ListPools until `cloud` is no longer alive or kWait passes.
+bool WaitForLoss(v1::JobService::Stub* jobs, const std::string& cloud) {
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (Alive(jobs)[cloud]) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return true;
+}
+
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -315,7 +335,8 @@ TEST_F(CoordinatorTest, PendingUntilAgentsAreAliveThenAssignedAndRunning) {
   std::string lease_a = Register("cloud-a");
   std::string lease_b = Register("cloud-b");
   // Let both leases expire: the clouds are known but have no live agent.
-  std::this_thread::sleep_for(milliseconds(400));
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-a"));
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
   const std::string job = SubmitOk(Spec({{"cloud-a", 2}, {"cloud-b", 3}}));
   EXPECT_EQ(job, "mnist-1");
   v1::JobStatus status = WaitFor(job, [](const v1::JobStatus& s) {
@@ -452,26 +473,6 @@ TEST_F(CoordinatorTest, LeaseExpiryDropsTheCloudAndItRejoinsWhenBack) {
 }
 
 // Which clouds ListPools reports alive.
-std::map<std::string, bool> Alive(v1::JobService::Stub* jobs) {
-  grpc::ClientContext context;
-  v1::ListPoolsResponse pools;
-  grpc::Status status = jobs->ListPools(&context, v1::ListPoolsRequest(), &pools);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  std::map<std::string, bool> alive;
-  for (const v1::PoolHealth& pool : pools.pools()) alive[pool.pool().cloud()] = pool.alive();
-  return alive;
-}
-
-// Polls ListPools until `cloud` is no longer alive or kWait passes.
-bool WaitForLoss(v1::JobService::Stub* jobs, const std::string& cloud) {
-  const auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (Alive(jobs)[cloud]) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
-}
-
 // The expiry scan runs only once some lease may have expired; whichever
 // lease was registered or renewed last, and after every lease has expired,
 // a lease without heartbeats must still expire, and one with them must not.
