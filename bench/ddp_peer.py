@@ -13,7 +13,8 @@
 # Needs Debian's python3-torch: run with /usr/bin/python3.
 #   /usr/bin/python3 bench/ddp_peer.py --hook fp16 --steps 200 --global-batch 512 \
 #       [--proxy build/bin/tandem-wan-proxy --wan-delay 25 --wan-rate 100] [--init init.pt]
-# Prints one JSON line (rank 0): steps, step_s, bytes_per_step, test_accuracy, ...
+# Prints one JSON line (rank 0): steps, step_s, bytes_per_step (sent by one
+# rank, measured at the proxy), test_accuracy, ...
 import argparse
 import ctypes
 import gzip
@@ -290,7 +291,9 @@ def run_rank(args):
         print(json.dumps({
             "hook": args.hook, "steps": total, "global_batch": args.global_batch,
             "measured_steps": measured, "train_s": elapsed, "step_s": elapsed / measured,
-            "bytes_per_step": sent_all.item() / measured if args.proxy else None,
+            # What one rank sends per step (the two directions' mean), as
+            # tandem's wan_bytes_sent counts what one leader sends.
+            "bytes_per_step": sent_all.item() / 2 / measured if args.proxy else None,
             "bytes_source": "proxy" if args.proxy else None,
             "test_accuracy": correct / x_test.shape[0],
             "wan_delay_ms": args.wan_delay, "wan_rate_mbit": args.wan_rate}), flush=True)

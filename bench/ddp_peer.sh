@@ -4,9 +4,10 @@
 # of one rank each, on the same link (tandem-wan-proxy at 100 Mbit/s and each
 # RTT given; "no WAN" = no proxy), the same CNN, initial weights (both start
 # from one state_dict file), data order, global batch, SGD and steps.
-# Bytes per step: what crossed the proxy (both directions) for DDP; tandem's
-# wan_bytes_sent (both leaders' sends, protobuf message sizes: gRPC/HTTP2/TLS
-# framing excluded) for tandem.
+# Bytes per step, what one side sends: for DDP, the bytes that crossed the
+# proxy (mean of the two directions; TCP payload, so everything gloo writes);
+# for tandem, wan_bytes_sent (pool 0's leader; protobuf message sizes, so
+# gRPC/HTTP2/TLS framing is excluded: a few percent).
 # Prints a Markdown table.
 # Usage: bench/ddp_peer.sh [BUILD_DIR] [STEPS] [GLOBAL_BATCH] [RTTS_MS...]
 set -euo pipefail

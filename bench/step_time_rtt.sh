@@ -2,25 +2,26 @@
 # Bench 4: step time of the Fashion-MNIST CNN on two pools (one rank each)
 # with an emulated WAN (100 Mbit/s, RTT 0/10/50/100 ms) between their leaders,
 # against the same job with no WAN (no proxy) between the pools, in sync and
-# in delayed mode; then the accuracy cost of delayed vs sync over the same
-# steps. Every number of a table comes from the same run of this script.
+# in delayed mode; then the accuracy cost of delayed vs sync after the same
+# steps (one epoch of ACC_ARCH at global batch 128, no WAN; with SGD momentum
+# 0.9 and 0). Every number of a table comes from the same run of this script.
 # Prints Markdown tables.
-# Usage: bench/step_time_rtt.sh [BUILD_DIR] [STEPS] [GLOBAL_BATCH] [CODEC] [ACCURACY_EPOCHS]
+# Usage: bench/step_time_rtt.sh [BUILD_DIR] [STEPS] [GLOBAL_BATCH] [CODEC] [ACC_ARCH]
 set -euo pipefail
 build=${1:-build}
 steps=${2:-40}
 batch=${3:-512}
 codec=${4:-powersgd}
-acc_epochs=${5:-1}
+acc_arch=${5:-cnn}
 tandem="$build/bin/tandem"
 work=$(mktemp -d /tmp/tandem-rtt-bench-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-spec() {  # spec NAME MODE CODEC EPOCHS
+spec() {  # spec NAME MODE CODEC [ARCH BATCH MOMENTUM]
   cat > "$work/$1.yaml" <<EOF
 name: $1
-model: {arch: cnn}
-train: {epochs: $4, global_batch: $batch, optimizer: sgd, lr: 0.05, momentum: 0.9, seed: 1}
+model: {arch: ${4:-cnn}}
+train: {epochs: 1, global_batch: ${5:-$batch}, optimizer: sgd, lr: 0.05, momentum: ${6:-0.9}, seed: 1}
 checkpoint: {every_steps: 0, keep: 1}
 exchange: {codec: $3, rank: 4, mode: $2, digest_every_steps: 50}
 pools:
@@ -32,10 +33,9 @@ EOF
 
 field() { /usr/bin/python3 -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], 0))" "$1" "$2"; }
 calc() { /usr/bin/python3 -c "print($1)"; }
-run=0
 train() {  # train SPEC ARGS... -> the done line
-  run=$((run + 1))
-  "$tandem" train "$1" --store "$work/s$run" --certs "$work/certs" --output json "${@:2}" | tail -1
+  "$tandem" train "$1" --store "$(mktemp -d "$work/store-XXXXXX")" --certs "$work/certs" \
+    --output json "${@:2}" | tail -1
 }
 step_ms() { calc "$batch / $(field "$1" samples_per_s) * 1000"; }
 
@@ -45,7 +45,7 @@ echo "| mode | RTT ms | step ms | × same mode, no WAN | × sync, no WAN |"
 echo "| --- | --- | --- | --- | --- |"
 declare -A base
 for mode in sync delayed; do
-  s=$(spec "rtt-$mode" "$mode" "$codec" 1)
+  s=$(spec "rtt-$mode" "$mode" "$codec")
   out=$(train "$s" --max-steps "$steps")
   base[$mode]=$(step_ms "$out")
   printf "| %s | no WAN | %.0f | 1.00 | %.2f |\n" "$mode" "${base[$mode]}" \
@@ -62,16 +62,18 @@ done
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "Accuracy, $acc_epochs epoch(s), no WAN, same steps and data order:"
+echo "Accuracy after one epoch ($acc_arch, global batch 128), no WAN, same steps and data order:"
 echo
-echo "| codec | sync test accuracy | delayed test accuracy | delayed − sync (points) |"
-echo "| --- | --- | --- | --- |"
+echo "| codec | SGD momentum | sync test accuracy | delayed test accuracy | delayed − sync (points) |"
+echo "| --- | --- | --- | --- | --- |"
 for c in none "$codec"; do
-  sync=$(train "$(spec "acc-sync-$c" sync "$c" "$acc_epochs")")
-  delayed=$(train "$(spec "acc-delayed-$c" delayed "$c" "$acc_epochs")")
-  a=$(field "$sync" test_accuracy)
-  b=$(field "$delayed" test_accuracy)
-  printf "| %s | %.4f | %.4f | %+.2f |\n" "$c" "$a" "$b" "$(calc "($b - $a) * 100")"
+  for m in 0.9 0; do
+    sync=$(train "$(spec "acc-sync-$c-$m" sync "$c" "$acc_arch" 128 "$m")")
+    delayed=$(train "$(spec "acc-delayed-$c-$m" delayed "$c" "$acc_arch" 128 "$m")")
+    a=$(field "$sync" test_accuracy)
+    b=$(field "$delayed" test_accuracy)
+    printf "| %s | %s | %.4f | %.4f | %+.2f |\n" "$c" "$m" "$a" "$b" "$(calc "($b - $a) * 100")"
+  done
 done
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
