@@ -309,13 +309,12 @@ class Trainer {
   uint64_t fp32_bytes_exchanged_ = 0;  // written by the exchange thread while it runs
 
   // Delayed mode. in_flight_ holds (numel + 1 floats, like grad_and_loss)
-  // the pool-summed gradient and loss of step in_flight_step_; on the
-  // leader the exchange thread turns it into the sum over every pool. The
+  // the pool-summed gradient and loss of the step in flight; on the leader
+  // the exchange thread turns it into the sum over every pool. The
   // training thread touches it, codec_, link_ and exchange_status_ only
   // when the thread is joined.
   at::Tensor in_flight_;
   bool has_in_flight_ = false;
-  uint64_t in_flight_step_ = 0;
   uint32_t in_flight_batch_ = 0;
   std::thread exchange_thread_;
   absl::Status exchange_status_;
@@ -1007,7 +1006,6 @@ void Trainer::StartDelayedExchange(uint32_t batch_size) {
   if (!in_flight_.defined()) in_flight_ = torch::empty({model_.numel + 1}, torch::kFloat);
   in_flight_.copy_(model_.grad_and_loss);
   has_in_flight_ = true;
-  in_flight_step_ = step_;
   in_flight_batch_ = batch_size;
   if (comm_.rank() != 0 || link_ == nullptr) return;
   // Nothing is in flight when this is called, so the updates of steps
