@@ -6,13 +6,15 @@
 # steps (one epoch of ACC_ARCH at global batch 128, no WAN; with SGD momentum
 # 0.9 and 0). Every number of a table comes from the same run of this script.
 # Prints Markdown tables.
-# Usage: bench/step_time_rtt.sh [BUILD_DIR] [STEPS] [GLOBAL_BATCH] [CODEC] [ACC_ARCH]
+# Usage: bench/step_time_rtt.sh [BUILD_DIR] [STEPS|0] [GLOBAL_BATCH] [CODEC] [ACC_ARCH|none] [REPEATS]
+# (STEPS 0: the accuracy table only; ACC_ARCH none: the step-time table only)
 set -euo pipefail
 build=${1:-build}
 steps=${2:-40}
 batch=${3:-512}
 codec=${4:-powersgd}
 acc_arch=${5:-cnn}
+repeats=${6:-2}
 tandem="$build/bin/tandem"
 work=$(mktemp -d /tmp/tandem-rtt-bench-XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -41,27 +43,38 @@ step_ms() { calc "$batch / $(field "$1" samples_per_s) * 1000"; }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| mode | RTT ms | step ms | × same mode, no WAN | × sync, no WAN |"
-echo "| --- | --- | --- | --- | --- |"
-declare -A base
-for mode in sync delayed; do
-  s=$(spec "rtt-$mode" "$mode" "$codec")
-  out=$(train "$s" --max-steps "$steps")
-  base[$mode]=$(step_ms "$out")
-  printf "| %s | no WAN | %.0f | 1.00 | %.2f |\n" "$mode" "${base[$mode]}" \
-    "$(calc "${base[$mode]} / ${base[sync]}")"
-  for rtt in 0 10 50 100; do
+if [ "$steps" -gt 0 ]; then
+  echo "| mode | RTT ms | step ms, no WAN | step ms, WAN | WAN ÷ no WAN | WAN ÷ sync no WAN |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+fi
+median() { /usr/bin/python3 -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
+declare -A sync_base
+rtts=(0 10 50 100)
+[ "$steps" -eq 0 ] && rtts=()  # accuracy table only
+for rtt in "${rtts[@]+"${rtts[@]}"}"; do
+  for mode in sync delayed; do
+    s=$(spec "rtt-$mode" "$mode" "$codec")
     args=(--wan-rate 100)
     [ "$rtt" -gt 0 ] && args+=(--wan-delay $((rtt / 2)))
-    out=$(train "$s" --max-steps "$steps" "${args[@]}")
-    ms=$(step_ms "$out")
-    printf "| %s | %d | %.0f | %.2f | %.2f |\n" "$mode" "$rtt" "$ms" \
-      "$(calc "$ms / ${base[$mode]}")" "$(calc "$ms / ${base[sync]}")"
+    # The other engineers' load on the shared cores comes and goes: each WAN
+    # run is paired with a no-WAN run right before it, and the medians of
+    # the pairs are compared.
+    base=() wan=()
+    for _ in $(seq "$repeats"); do
+      base+=("$(step_ms "$(train "$s" --max-steps "$steps")")")
+      wan+=("$(step_ms "$(train "$s" --max-steps "$steps" "${args[@]}")")")
+    done
+    b=$(median "${base[@]}")
+    w=$(median "${wan[@]}")
+    [ "$mode" = sync ] && sync_base[$rtt]=$b
+    printf "| %s | %d | %.0f | %.0f | %.2f | %.2f |\n" "$mode" "$rtt" "$b" "$w" \
+      "$(calc "$w / $b")" "$(calc "$w / ${sync_base[$rtt]}")"
   done
 done
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
+[ "$acc_arch" = none ] && exit 0
 echo "Accuracy after one epoch ($acc_arch, global batch 128), no WAN, same steps and data order:"
 echo
 echo "| codec | SGD momentum | sync test accuracy | delayed test accuracy | delayed − sync (points) |"
