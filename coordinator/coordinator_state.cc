@@ -842,6 +842,13 @@ absl::StatusOr<v1::SubmitJobResponse> CoordinatorState::SubmitJob(const v1::JobS
   if (spec.pools_size() == 0) {
     return absl::InvalidArgumentError("pools: a job needs at least one pool");
   }
+  if (spec.exchange().mode() == v1::EXCHANGE_MODE_DELAYED) {
+    // Failover and joins redo or hand over a step from the state before it;
+    // a delayed exchange leaves an update in flight at every step boundary.
+    return absl::InvalidArgumentError(
+        "exchange.mode: delayed runs only under `tandem train`; jobs of a coordinator use "
+        "exchange.mode: sync");
+  }
   Txn txn(this);
   for (int i = 0; i < spec.pools_size(); ++i) {
     if (spec.pools(i).workers() == 0) {

@@ -316,6 +316,13 @@ TEST_F(CoordinatorTest, SubmitValidatesPoolsAgainstRegisteredClouds) {
   s = Submit(Spec({}), &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(s.error_message(), "pools: a job needs at least one pool");
+  v1::JobSpec delayed = Spec({{"cloud-a", 1}, {"cloud-b", 1}});
+  delayed.mutable_exchange()->set_mode(v1::EXCHANGE_MODE_DELAYED);
+  s = Submit(delayed, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "exchange.mode: delayed runs only under `tandem train`; jobs of a coordinator use "
+            "exchange.mode: sync");
 }
 
 TEST_F(CoordinatorTest, PlacementAnyPicksCloudsWithFreeSlots) {
