@@ -158,6 +158,7 @@ absl::Status Agent::Run() {
       server_credentials = *tls;
     }
     grpc::ServerBuilder builder;
+    ListenExclusively(builder);
     builder.AddListeningPort(options_.replication_listen, server_credentials);
     builder.SetMaxReceiveMessageSize(kReplicationMaxMessageBytes);
     builder.SetMaxSendMessageSize(kReplicationMaxMessageBytes);

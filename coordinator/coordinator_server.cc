@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "coordinator/coordinator_state.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
+#include "transport/tls.h"
 
 namespace tandem {
 namespace {
@@ -164,6 +165,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   int port = 0;
   grpc::ServerBuilder builder;
+  ListenExclusively(builder);
   builder.AddListeningPort(options.listen,
                            options.credentials ? options.credentials
                                                : grpc::InsecureServerCredentials(),

@@ -658,6 +658,7 @@ void Trainer::StopLink() {
 
 absl::Status Trainer::StartStandby() {
   grpc::ServerBuilder builder;
+  ListenExclusively(builder);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options_.insecure) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server =
