@@ -5,7 +5,7 @@
 # global batch and seed. Prints a Markdown table.
 # Usage: bench/codec_accuracy.sh [BUILD_DIR] [EPOCHS] [OPTIONS]
 #   --codecs "LIST"        two-pool runs, each CODEC or CODEC:KEY=VALUE[,KEY=VALUE]
-#                          with exchange keys (rank, topk_ratio); default
+#                          with exchange keys (rank, factors, topk_ratio); default
 #                          "none fp16 bf16 int8 topk powersgd"
 #   --eval-every N         train.eval_every_steps (accuracy along the run)
 #   --max-steps N          stop every run after N steps (for a quick check)
@@ -41,15 +41,15 @@ work=$(mktemp -d /tmp/tandem-codec-bench-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 [ -n "$events_dir" ] && mkdir -p "$events_dir"
 
-spec() {  # spec NAME CODEC RANK TOPK_RATIO POOLS...
-  local name=$1 codec=$2 rank=$3 topk_ratio=$4
-  shift 4
+spec() {  # spec NAME CODEC RANK FACTORS TOPK_RATIO POOLS...
+  local name=$1 codec=$2 rank=$3 factors=$4 topk_ratio=$5
+  shift 5
   {
     echo "name: $name"
     echo "model: {arch: cnn}"
     echo "train: {epochs: $epochs, global_batch: 128, optimizer: sgd, lr: 0.05, momentum: 0.9, seed: 1, eval_every_steps: $eval_every}"
     echo "checkpoint: {every_steps: 0, keep: 1}"
-    echo "exchange: {codec: $codec, rank: $rank, topk_ratio: $topk_ratio, digest_every_steps: 50}"
+    echo "exchange: {codec: $codec, rank: $rank, factors: $factors, topk_ratio: $topk_ratio, digest_every_steps: 50}"
     echo "pools:"
     for pool in "$@"; do echo "  - $pool"; done
   } > "$work/$name.yaml"
@@ -76,18 +76,19 @@ echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 if [ -n "$baseline_file" ]; then
   base=$(cat "$baseline_file")
 else
-  base=$(train one-pool "$(spec one-pool none 4 0.01 '{cloud: local, workers: 2}')")
+  base=$(train one-pool "$(spec one-pool none 4 fp32 0.01 '{cloud: local, workers: 2}')")
 fi
 base_acc=$(field "$base" test_accuracy)
 printf "| one pool, 2 ranks | none | %s | 0 | | | %.4f | | %.0f |\n" "$(field "$base" steps)" "$base_acc" "$(field "$base" wall_s)"
 for item in $codecs; do
   codec=${item%%:*}
-  rank=4 topk_ratio=0.01 label=$codec name="two-$codec"
+  rank=4 factors=fp32 topk_ratio=0.01 label=$codec name="two-$codec"
   if [ "$item" != "$codec" ]; then
     settings=${item#*:}
     for kv in ${settings//,/ }; do
       case ${kv%%=*} in
         rank) rank=${kv#*=} ;;
+        factors) factors=${kv#*=} ;;
         topk_ratio) topk_ratio=${kv#*=} ;;
         *) echo "codec_accuracy.sh: unknown setting $kv" >&2; exit 2 ;;
       esac
@@ -95,7 +96,7 @@ for item in $codecs; do
     label="$codec ${settings//,/ }"
     name="two-$codec-${settings//[=,]/-}"
   fi
-  out=$(train "$name" "$(spec "$name" "$codec" "$rank" "$topk_ratio" '{cloud: cloud-a, workers: 1}' '{cloud: cloud-b, workers: 1}')" \
+  out=$(train "$name" "$(spec "$name" "$codec" "$rank" "$factors" "$topk_ratio" '{cloud: cloud-a, workers: 1}' '{cloud: cloud-b, workers: 1}')" \
         --certs "$work/certs")
   steps=$(field "$out" steps)
   bytes=$(field "$out" wan_bytes_sent)

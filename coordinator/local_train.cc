@@ -188,9 +188,7 @@ namespace {
 
 // What a pool's leader says when the port it was given is taken
 // (trainer.cc's standby server, grpc_link.cc's exchange server).
-bool IsListenFailure(const std::string& message) {
-  return message.rfind("cannot listen", 0) == 0;
-}
+bool IsListenFailure(const std::string& message) { return message.rfind("cannot listen", 0) == 0; }
 
 // One try. `port_taken` is set when a leader could not listen on the port
 // picked for it: another process took it between FreeLoopbackPort and the
@@ -359,8 +357,9 @@ absl::StatusOr<TrainResult> RunLocalTraining(
     if (result.ok() || !port_taken || attempt == kTries) return result;
     WorkerEvent warning;
     warning.kind = "warning";
-    warning.message = absl::StrCat(result.status().message(),
-                                   " (another process took the port); starting again on other ports");
+    warning.message =
+        absl::StrCat(result.status().message(),
+                     " (another process took the port); starting again on other ports");
     on_event(warning);
   }
 }

@@ -2,8 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <grpcpp/security/credentials.h>
 #include <grpc/grpc.h>
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
