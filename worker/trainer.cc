@@ -1,18 +1,17 @@
 #include "worker/trainer.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
-
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <iostream>
 #include <optional>
 #include <thread>
 
@@ -298,14 +297,15 @@ class Trainer {
   std::unique_ptr<AsyncSaver> saver_;       // rank 0 only; destroyed before store_
   std::map<uint64_t, double> stall_ms_;     // training time each checkpoint cost
   uint64_t step_ = 0;
+  uint64_t schedule_steps_ = 0;  // the learning-rate schedule's horizon
   uint64_t cursor_ = 0;
   uint64_t last_saved_step_ = UINT64_MAX;
   bool resumed_ = false;
   std::string init_digest_;  // of the --init parameters, named as in the file
   int pool_index_ = 0;
-  uint32_t rank_offset_ = 0;      // ranks of the pools before this one
-  std::unique_ptr<Codec> codec_;  // leader of a multi-pool job only
-  std::unique_ptr<Link> link_;    // leader, while several pools are active
+  uint32_t rank_offset_ = 0;           // ranks of the pools before this one
+  std::unique_ptr<Codec> codec_;       // leader of a multi-pool job only
+  std::unique_ptr<Link> link_;         // leader, while several pools are active
   uint64_t fp32_bytes_exchanged_ = 0;  // written by the exchange thread while it runs
 
   // Delayed mode. in_flight_ holds (numel + 1 floats, like grad_and_loss)
@@ -316,6 +316,7 @@ class Trainer {
   at::Tensor in_flight_;
   bool has_in_flight_ = false;
   uint32_t in_flight_batch_ = 0;
+  uint64_t in_flight_step_ = 0;  // the step whose gradient is in flight
   std::thread exchange_thread_;
   absl::Status exchange_status_;
 
@@ -359,7 +360,7 @@ class Trainer {
   std::unique_ptr<PlanClient> plan_client_;  // leader, coordinator mode
   std::unique_ptr<grpc::Server> standby_;    // leader, alone in its plan
   std::unique_ptr<v1::GradientExchange::Service> standby_service_;
-  std::optional<v1::Plan> pending_plan_;     // leader
+  std::optional<v1::Plan> pending_plan_;  // leader
   bool joining_ = false;
   bool stopped_ = false;
   uint64_t wan_bytes_retired_ = 0;  // sent by links since replaced
@@ -686,10 +687,10 @@ absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
   if (plan_client_ == nullptr) return link_->Exchange(round, payload, ExchangeDeadline());
   const Clock::time_point start = Clock::now();
   while (true) {
-    const auto waited =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-    absl::StatusOr<std::vector<std::string>> all = link_->Exchange(
-        round, payload, std::max(std::chrono::milliseconds(1),
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    absl::StatusOr<std::vector<std::string>> all =
+        link_->Exchange(round, payload,
+                        std::max(std::chrono::milliseconds(1),
                                  std::min(kExchangeSlice, ExchangeDeadline() - waited)));
     if (all.ok()) return all;
     if (!absl::IsDeadlineExceeded(all.status()) && !absl::IsUnavailable(all.status())) {
@@ -744,9 +745,9 @@ absl::Status Trainer::AdoptPlan(const v1::Plan& plan) {
                                               spec_.pools(pool_index_).cloud(), plan.reason()));
   }
   if (plan.pools_size() > kMaxPools || plan.active_pools_size() == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "the coordinator sent a plan with %d pools, %d active", plan.pools_size(),
-        plan.active_pools_size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the coordinator sent a plan with %d pools, %d active", plan.pools_size(),
+                        plan.active_pools_size()));
   }
   if (plan.pools_size() > 0) {
     spec_.clear_pools();
@@ -807,9 +808,9 @@ absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
     if (!status.ok()) return status;
     StopLink();
     if (!Active(static_cast<uint32_t>(pool_index_))) {
-      return absl::AbortedError(absl::StrFormat(
-          "pool %s is no longer in the job's plan (generation %d): %s",
-          spec_.pools(pool_index_).cloud(), generation_, plan.reason()));
+      return absl::AbortedError(
+          absl::StrFormat("pool %s is no longer in the job's plan (generation %d): %s",
+                          spec_.pools(pool_index_).cloud(), generation_, plan.reason()));
     }
     Emit({{"event", "plan"},
           {"generation", generation_},
@@ -834,8 +835,8 @@ absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
       return status;
     }
     if (Clock::now() >= deadline) return status;
-    absl::StatusOr<v1::Plan> newer = AwaitPlanAfterLoss(
-        static_cast<uint32_t>(options_.exchange_timeout_ms));
+    absl::StatusOr<v1::Plan> newer =
+        AwaitPlanAfterLoss(static_cast<uint32_t>(options_.exchange_timeout_ms));
     if (!newer.ok()) return newer.status();
     plan = std::move(*newer);
   }
@@ -905,7 +906,8 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
     }
     if (plan->stop()) return AdoptPlan(*plan);
     bool in = false;
-    for (uint32_t pool : plan->active_pools()) in = in || pool == static_cast<uint32_t>(pool_index_);
+    for (uint32_t pool : plan->active_pools())
+      in = in || pool == static_cast<uint32_t>(pool_index_);
     if (!in) {
       absl::Status status = AdoptPlan(*plan);
       if (!status.ok()) return status;
@@ -931,9 +933,9 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
     }
     StopLink();
     Emit({{"event", "warning"},
-          {"message", absl::StrFormat("pool %s could not join at generation %d: %s",
-                                      spec_.pools(pool_index_).cloud(), generation_,
-                                      status.message())}});
+          {"message",
+           absl::StrFormat("pool %s could not join at generation %d: %s",
+                           spec_.pools(pool_index_).cloud(), generation_, status.message())}});
   }
   return absl::DeadlineExceededError(absl::StrFormat(
       "pool %s could not join the job within %d minutes", spec_.pools(pool_index_).cloud(),
@@ -996,8 +998,7 @@ absl::Status Trainer::CheckCloudsAgree(uint64_t round, uint64_t applied) {
           "the parameters of pool %s differ from pool %s's after step %d: the clouds diverged "
           "(digests %s and %s)",
           spec_.pools(static_cast<int>(active_[pool])).cloud(), spec_.pools(pool_index_).cloud(),
-          applied,
-          (*all)[pool].substr(0, 16), digest.substr(0, 16)));
+          applied, (*all)[pool].substr(0, 16), digest.substr(0, 16)));
     }
   }
   return absl::OkStatus();
@@ -1008,6 +1009,7 @@ void Trainer::StartDelayedExchange(uint32_t batch_size) {
   in_flight_.copy_(model_.grad_and_loss);
   has_in_flight_ = true;
   in_flight_batch_ = batch_size;
+  in_flight_step_ = step_;
   if (comm_.rank() != 0 || link_ == nullptr) return;
   // Nothing is in flight when this is called, so the updates of steps
   // 0..step_-1 are applied: the digest check for step_ % K == 0 compares
@@ -1053,6 +1055,7 @@ absl::Status Trainer::ApplyInFlight(double* last_loss) {
   *last_loss = in_flight_.data_ptr<float>()[model_.numel] / in_flight_batch_;
   torch::NoGradGuard no_grad;
   at::Tensor grad = in_flight_.narrow(0, 0, model_.numel);
+  optimizer_->SetLr(ScheduledLr(spec_.train(), in_flight_step_, schedule_steps_));
   optimizer_->Step(model_.params, grad);
   return absl::OkStatus();
 }
@@ -1197,6 +1200,9 @@ absl::Status Trainer::Run() {
   absl::StatusOr<v1::JobSpec> spec = LoadSpec(options_.spec_path);
   if (!spec.ok()) return spec.status();
   spec_ = std::move(*spec);
+  // The learning-rate schedule spans the job as its spec says; --max-steps
+  // only stops this run early (so a run stopped and resumed is the same run).
+  const uint64_t spec_max_steps = spec_.train().max_steps();
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
   const v1::TrainSpec& train = spec_.train();
   pool_index_ = static_cast<int>(options_.pool_index);
@@ -1294,6 +1300,7 @@ absl::Status Trainer::Run() {
   }
 
   const uint64_t total_steps = sampler_->TotalSteps(train.epochs(), train.max_steps());
+  schedule_steps_ = sampler_->TotalSteps(train.epochs(), spec_max_steps);
   Emit({{"event", "start"},
         {"total_steps", total_steps},
         {"start_step", step_},
@@ -1392,6 +1399,7 @@ absl::Status Trainer::Run() {
       last_loss = model_.loss_slot() / batch_size;
       torch::NoGradGuard no_grad;
       at::Tensor grad = model_.grad();
+      optimizer_->SetLr(ScheduledLr(train, step_, schedule_steps_));
       optimizer_->Step(model_.params, grad);
     }
     ++step_;
@@ -1498,8 +1506,9 @@ absl::Status Trainer::Run() {
     status = CheckCloudsAgree(RoundOf(step_, 0), step_);
     if (absl::IsAborted(status) && pending_plan_.has_value()) {
       Emit({{"event", "warning"},
-            {"message", "a peer was lost after the last step: the final digest check between "
-                        "clouds was skipped"}});
+            {"message",
+             "a peer was lost after the last step: the final digest check between "
+             "clouds was skipped"}});
     } else if (!status.ok()) {
       return status;
     }
