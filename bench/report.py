@@ -364,6 +364,9 @@ def accuracy_section(a, figures, out_dir):
     steps = base.get("steps", 0)
     epochs, long_epochs = a["epochs"], a["long_epochs"]
     m = re.search(r"--max-steps (\d+)", a["main"]["command"])
+    sched = re.search(r"--lr-schedule (\w+)", a["main"]["command"])
+    schedule = (" under a cosine learning-rate schedule (`train.lr_schedule: cosine`)"
+                if sched and sched.group(1) == "cosine" else "")
     size = (f"{m.group(1)} steps (runs stopped there by --max-steps)" if m else
             f"{epochs} epoch{'s' if epochs > 1 else ''} = {steps} steps")
 
@@ -404,7 +407,8 @@ def accuracy_section(a, figures, out_dir):
         long_verdict = "; " + verdict(rows_of(long), f"{long_epochs} epochs" if not capped else
                                       f"{capped.group(1)} steps of the {long_epochs}-epoch runs")
     else:
-        long_section = f"{long_epochs} epochs: not run (bench/run --max-steps caps every run).\n"
+        long_section = ("" if epochs >= long_epochs else
+                        f"{long_epochs} epochs: not run (bench/run --max-steps caps every run).\n")
         long_verdict = ""
     same = ""
     if base and none:
@@ -428,7 +432,7 @@ def accuracy_section(a, figures, out_dir):
     return f"""{H_ACCURACY}
 
 Command: `{a['main']['command']}` {when(a['main'])}
-The 421,642-parameter CNN, {size}, global batch 128, SGD lr 0.05 momentum 0.9, seed 1;
+The 421,642-parameter CNN, {size}, global batch 128, SGD lr 0.05 momentum 0.9{schedule}, seed 1;
 two pools of one rank each with mutual TLS on loopback, no WAN delay; topk ratio 0.01,
 powersgd rank 4; test accuracy measured every {a['eval_every']} steps (wall times include
 those evaluations).
