@@ -137,7 +137,7 @@ TEST_F(CheckpointStoreTest, SaveThenLoadRoundTrips) {
     ASSERT_NE(store, nullptr);
     absl::StatusOr<v1::CheckpointManifest> saved = store->Save(header, views, 0);
     ASSERT_TRUE(saved.ok()) << saved.status();
-    EXPECT_EQ(saved->format_version(), 1u);
+    EXPECT_EQ(saved->format_version(), 2u);
     EXPECT_EQ(saved->total_bytes(), 3000u + 16u + 0u + 400u);
     EXPECT_EQ(saved->state_digest(), StateDigest(views));
     EXPECT_GT(saved->created_unix_ms(), 0);
