@@ -9,6 +9,7 @@
 // Prints a Markdown table. Usage: checkpoint_bench [--mib N] [--dir DIR]
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +42,22 @@ void Check(const absl::Status& status, const char* what) {
     std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
     std::exit(1);
   }
+}
+
+// CPU seconds this process has used, all threads, user and system.
+double CpuSeconds() {
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_utime.tv_sec + usage.ru_stime.tv_sec +
+         1e-6 * (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
+// The 1-minute load average: the machine's cores may be shared.
+double LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double load = 0;
+  in >> load;
+  return load;
 }
 
 // Bytes this process has caused to be written to the storage layer.
@@ -151,19 +168,24 @@ int main(int argc, char** argv) {
   const size_t bytes = mib << 20;
   const double mb = bytes / 1e6;
   constexpr int kRepeats = 3;
+  const double load_before = LoadAverage();
 
   // 1. Save and restore throughput.
-  std::vector<double> raw_write, save, raw_read, restore;
+  std::vector<double> raw_write, save, raw_read, restore, raw_write_cpu, save_cpu;
   for (int r = 0; r < kRepeats; ++r) {
+    double cpu = CpuSeconds();
     raw_write.push_back(RawWrite(dir + "/raw.bin", state));
+    raw_write_cpu.push_back(CpuSeconds() - cpu);
     raw_read.push_back(RawRead(dir + "/raw.bin", bytes));
     std::filesystem::remove(dir + "/raw.bin");
     const std::string store_dir = dir + "/store" + std::to_string(r);
     auto store = CheckpointStore::Open(store_dir);
     Check(store.status(), "open");
+    cpu = CpuSeconds();
     Clock::time_point start = Clock::now();
     Check((*store)->Save(Manifest(1), Views(state), 0).status(), "save");
     save.push_back(Since(start));
+    save_cpu.push_back(CpuSeconds() - cpu);
     start = Clock::now();
     auto loaded = (*store)->Load("bench");
     Check(loaded.status(), "load");
@@ -267,6 +289,9 @@ int main(int argc, char** argv) {
   std::printf("| --- | --- | --- | --- |\n");
   std::printf("| save throughput vs raw write+fdatasync | %.0f MB/s | %.0f MB/s | %.2f |\n",
               save_mbs, raw_write_mbs, save_mbs / raw_write_mbs);
+  std::printf("| save CPU time, all threads, vs raw write+fdatasync | %.0f ms | %.0f ms | %.2f |\n",
+              1000 * Median(save_cpu), 1000 * Median(raw_write_cpu),
+              Median(save_cpu) / Median(raw_write_cpu));
   std::printf(
       "| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
       "%.2f |\n",
@@ -280,5 +305,7 @@ int main(int argc, char** argv) {
   std::printf("| bytes replicated over TLS, incremental vs full | %.1f MB | %.1f MB | %.3f |\n",
               incremental_sent / 1e6, full_sent / 1e6,
               static_cast<double>(incremental_sent) / full_sent);
+  std::printf("\nload average (1 min) at start %.2f, at end %.2f, on %ld cores\n", load_before,
+              LoadAverage(), sysconf(_SC_NPROCESSORS_ONLN));
   return 0;
 }
