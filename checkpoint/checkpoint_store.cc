@@ -429,7 +429,9 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   const rocksdb::ReadOptions read = store_internal::ChunkReadOptions();
   // One batch, reused: a fresh multi-MiB buffer per chunk would fault in a
   // copy of the state's worth of new pages.
-  rocksdb::WriteBatch batch(options_.chunk_bytes + 2 * kShaBytes + sizeof(kPendingPrefix) + 64);
+  size_t largest_chunk = 0;
+  for (const ChunkSpan& span : spans) largest_chunk = std::max(largest_chunk, span.size);
+  rocksdb::WriteBatch batch(largest_chunk + 2 * kShaBytes + sizeof(kPendingPrefix) + 64);
   for (const TensorView& t : tensors) {
     v1::TensorRecord* record = manifest.add_tensors();
     record->set_name(t.name);

@@ -135,8 +135,7 @@ std::string StateDigestV1(const std::vector<TensorView>& tensors) {
   return builder.Finish();
 }
 
-StateDigestBuilder::StateDigestBuilder(uint32_t format_version)
-    : format_version_(format_version) {}
+StateDigestBuilder::StateDigestBuilder(uint32_t format_version) : format_version_(format_version) {}
 
 void StateDigestBuilder::BeginTensor(absl::string_view name, uint64_t bytes) {
   AddTensorHeader(state_, name, bytes);

@@ -88,9 +88,9 @@ class StateDigestBuilder {
 
   const uint32_t format_version_;
   Sha256 state_;
-  Sha256 piece_;             // format 2: the piece being hashed
-  size_t piece_bytes_ = 0;   // bytes of the current piece so far
-  uint64_t tensor_left_ = 0; // bytes of the current tensor still to come
+  Sha256 piece_;              // format 2: the piece being hashed
+  size_t piece_bytes_ = 0;    // bytes of the current piece so far
+  uint64_t tensor_left_ = 0;  // bytes of the current tensor still to come
 };
 
 }  // namespace tandem

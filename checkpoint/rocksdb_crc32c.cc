@@ -8,11 +8,11 @@
 
 // RocksDB's own definition, reachable under this name because of --wrap.
 extern "C" uint32_t __real__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data,
-                                                          size_t bytes);
+                                                           size_t bytes);
 
 // What RocksDB's calls to rocksdb::crc32c::Extend link to.
 extern "C" uint32_t __wrap__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data,
-                                                          size_t bytes) {
+                                                           size_t bytes) {
   return tandem::RocksDbCrc32cExtend(crc, data, bytes);
 }
 

@@ -76,8 +76,11 @@ TEST_F(AsyncSaverTest, CopiesEveryByteOfTensorsOfOddSizes) {
     for (size_t k = 0; k < b.size(); ++k) b[k] = static_cast<char>(k * 31 + i);
   }
   for (size_t i = 0; i < buffers.size(); ++i) {
-    views.push_back({"t" + std::to_string(i), v1::DTYPE_UINT8,
-                     {static_cast<int64_t>(sizes[i])}, buffers[i].data(), sizes[i]});
+    views.push_back({"t" + std::to_string(i),
+                     v1::DTYPE_UINT8,
+                     {static_cast<int64_t>(sizes[i])},
+                     buffers[i].data(),
+                     sizes[i]});
   }
   const std::vector<std::string> want = buffers;
   AsyncSaver saver(store_.get());

@@ -120,7 +120,7 @@ namespace rocksdb::crc32c {
 uint32_t Extend(uint32_t crc, const char* data, size_t bytes);
 }  // namespace rocksdb::crc32c
 extern "C" uint32_t __real__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data,
-                                                          size_t bytes);
+                                                           size_t bytes);
 
 namespace tandem {
 namespace {

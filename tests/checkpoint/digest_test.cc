@@ -89,8 +89,8 @@ TEST(StateDigestTest, HashesPiecesOfFourMiB) {
   Sha256 sha;
   AddHeader(sha, "t", big.size());
   for (size_t offset = 0; offset < big.size(); offset += kStateDigestPieceBytes) {
-    const Sha256Digest piece = Sha256Of(
-        big.data() + offset, std::min(kStateDigestPieceBytes, big.size() - offset));
+    const Sha256Digest piece =
+        Sha256Of(big.data() + offset, std::min(kStateDigestPieceBytes, big.size() - offset));
     sha.Update(piece.data(), piece.size());
   }
   AddHeader(sha, "empty", 0);  // no pieces at all

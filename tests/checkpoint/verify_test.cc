@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "checkpoint/checkpoint_store.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "tests/support/byte_tensors.h"
 
@@ -387,8 +387,8 @@ TEST_F(VerifyTest, ManifestWhoseStateDigestDisagreesIsDataLoss) {
     v1::CheckpointManifest wrong = saved;
     wrong.set_state_digest(StateDigestV1(Views(tensors)));
     ASSERT_TRUE(raw.db()
-                    ->Put(rocksdb::WriteOptions(), raw.manifests(),
-                          absl::StrFormat("job/%020d", 1), wrong.SerializeAsString())
+                    ->Put(rocksdb::WriteOptions(), raw.manifests(), absl::StrFormat("job/%020d", 1),
+                          wrong.SerializeAsString())
                     .ok());
   }
   absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(dir_);
