@@ -2,12 +2,13 @@
 #   make demo   install, build, train the example CNN on Fashion-MNIST
 #   make test   install, build, run every test
 #   make asan   the unit tests again under AddressSanitizer + UBSan
+#   make bench  install, build, run every benchmark and rewrite BENCHMARKS.md
+#               (BENCH_FLAGS=--quick for a pipeline check)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
-SPEC ?= examples/fashion-mnist-cnn.yaml
 
-.PHONY: all deps configure build test demo asan format clean
+.PHONY: all deps configure build test demo bench asan format clean
 
 all: build
 
@@ -24,9 +25,10 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
 
 demo: build
-	rm -rf $(BUILD)/demo-store
-	$(BUILD)/bin/tandem train $(SPEC) --store $(BUILD)/demo-store
-	$(BUILD)/bin/tandem checkpoints --store $(BUILD)/demo-store
+	infra/demo.sh $(BUILD)
+
+bench: build
+	bench/run --build $(BUILD) $(BENCH_FLAGS)
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON

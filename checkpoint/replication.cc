@@ -296,6 +296,7 @@ absl::StatusOr<ReplicationStats> PushCheckpoint(CheckpointStore& source, const s
     v1::MissingChunksResponse response;
     grpc::ClientContext context;
     context.set_deadline(until);
+    context.AddMetadata(kReplicationJobMetadata, job);
     TANDEM_RETURN_IF_ERROR(FromGrpc(stub->MissingChunks(&context, request, &response),
                                     absl::StrCat(what, ": asking which chunks it lacks"),
                                     deadline));
@@ -306,6 +307,7 @@ absl::StatusOr<ReplicationStats> PushCheckpoint(CheckpointStore& source, const s
   if (!missing.empty()) {
     grpc::ClientContext context;
     context.set_deadline(until);
+    context.AddMetadata(kReplicationJobMetadata, job);
     v1::PutChunksSummary summary;
     std::unique_ptr<grpc::ClientWriter<v1::ChunkData>> writer = stub->PutChunks(&context, &summary);
     auto write = [&](const v1::ChunkData& f) { return writer->Write(f); };
@@ -340,6 +342,7 @@ absl::StatusOr<ReplicationStats> PushCheckpoint(CheckpointStore& source, const s
   v1::CommitManifestResponse response;
   grpc::ClientContext context;
   context.set_deadline(until);
+  context.AddMetadata(kReplicationJobMetadata, job);
   context.AddMetadata(kReplicationKeepMetadata, absl::StrCat(keep));
   TANDEM_RETURN_IF_ERROR(FromGrpc(stub->CommitManifest(&context, *manifest, &response),
                                   absl::StrCat(what, ": committing the manifest"), deadline));
@@ -372,6 +375,7 @@ absl::StatusOr<ReplicationStats> PullCheckpoint(CheckpointStore& destination,
     request.set_step(step.value_or(0));
     grpc::ClientContext context;
     context.set_deadline(until);
+    context.AddMetadata(kReplicationJobMetadata, job);
     TANDEM_RETURN_IF_ERROR(FromGrpc(stub->GetManifest(&context, request, &manifest),
                                     absl::StrCat(what, ": reading the manifest"), deadline));
   }
@@ -400,6 +404,7 @@ absl::StatusOr<ReplicationStats> PullCheckpoint(CheckpointStore& destination,
     }
     grpc::ClientContext context;
     context.set_deadline(until);
+    context.AddMetadata(kReplicationJobMetadata, job);
     std::unique_ptr<grpc::ClientReader<v1::ChunkData>> reader =
         stub->FetchChunks(&context, request);
     ChunkAssembler assembler;

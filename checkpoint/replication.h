@@ -50,6 +50,10 @@ inline constexpr int kReplicationMaxMessageBytes = 64 << 20;
 // receiver keeps (as CheckpointStore::Save's `keep`), in decimal. The proto
 // has no field for it.
 inline constexpr char kReplicationKeepMetadata[] = "tandem-keep";
+// Client metadata on every call of PushCheckpoint and PullCheckpoint: the job
+// the call is about. A server holding one store per job (an agent) routes by
+// it; ReplicationService ignores it.
+inline constexpr char kReplicationJobMetadata[] = "tandem-job";
 
 struct ReplicationServiceOptions {
   // Retention for a CommitManifest that carries no kReplicationKeepMetadata.

@@ -45,6 +45,10 @@ Options)");
        "where this cloud's pool leaders accept gradient streams")
       ("wan-advertise", po::value(&options.wan_advertise)->value_name("HOST:PORT"),
        "the address other clouds dial for them (default: --wan-listen)")
+      ("replication-listen", po::value(&options.replication_listen)->value_name("HOST:PORT"),
+       "serve this cloud's checkpoints to other clouds' agents here (migrations, export)")
+      ("replication-advertise", po::value(&options.replication_advertise)->value_name("HOST:PORT"),
+       "the address others dial for it (default: --replication-listen)")
       ("certs", po::value(&options.certs_dir)->default_value(DefaultCertsDir()),
        "TLS material from `tandem certs init` (mutual TLS everywhere)")
       ("insecure", po::bool_switch(&options.insecure), "plaintext instead of mutual TLS")

@@ -116,6 +116,7 @@ Options)");
   ReplicationService service(**store);
   int port = 0;
   grpc::ServerBuilder builder;
+  ListenExclusively(builder);
   builder.AddListeningPort(listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(kReplicationMaxMessageBytes);
   builder.SetMaxSendMessageSize(kReplicationMaxMessageBytes);

@@ -4,10 +4,13 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "cli/progress_view.h"
@@ -50,6 +53,44 @@ shows step, loss, samples/s and ETA.
 
 Options)";
 
+// One event of the job as a JSON object, with the fields its kind carries
+// (worker/worker_events.h) and `t`, seconds since the job started.
+nlohmann::json EventJson(const WorkerEvent& e, double t) {
+  const v1::TrainingProgress& p = e.progress;
+  nlohmann::json j = {{"event", e.kind}, {"t", t}};
+  if (e.kind == "start") {
+    j["start_step"] = p.step();
+    j["total_steps"] = p.total_steps();
+  } else if (e.kind == "progress") {
+    j.update({{"step", p.step()},
+              {"total_steps", p.total_steps()},
+              {"epoch", p.epoch()},
+              {"cursor", p.global_cursor()},
+              {"loss", p.loss()},
+              {"samples_per_s", p.samples_per_s()},
+              {"wan_bytes_sent", p.wan_bytes_sent()}});
+  } else if (e.kind == "eval") {
+    j.update(
+        {{"step", p.step()}, {"test_accuracy", p.test_accuracy()}, {"test_loss", p.test_loss()}});
+  } else if (e.kind == "checkpoint") {
+    j.update({{"step", p.step()}, {"state_digest", p.state_digest()}});
+  } else if (e.kind == "done") {
+    j.update({{"step", p.step()},
+              {"epochs", e.epochs},
+              {"cursor", p.global_cursor()},
+              {"loss", p.loss()},
+              {"test_accuracy", p.test_accuracy()},
+              {"test_loss", p.test_loss()},
+              {"samples_per_s", p.samples_per_s()},
+              {"state_digest", p.state_digest()},
+              {"wan_bytes_sent", p.wan_bytes_sent()},
+              {"compression_ratio", p.compression_ratio()}});
+  } else {
+    j["message"] = e.message;
+  }
+  return j;
+}
+
 }  // namespace
 
 int TrainCommand(const std::vector<std::string>& args) {
@@ -65,6 +106,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   double wan_rate_mbit = 0;
   double wan_loss = 0;
   double exchange_timeout_s = 60;
+  std::string events_file;
   po::options_description flags(kTrainUsage);
   // clang-format off
   flags.add_options()
@@ -89,6 +131,9 @@ int TrainCommand(const std::vector<std::string>& args) {
        "emulated WAN connection resets per MB sent (0 = none)")
       ("exchange-timeout", po::value(&exchange_timeout_s)->default_value(60)->value_name("S"),
        "fail the job when a peer pool is silent this many seconds")
+      ("events", po::value(&events_file)->value_name("FILE"),
+       "append every event of the job (start, progress, eval, checkpoint, warning, done) "
+       "to FILE as one JSON object per line")
       ("output", po::value(&output)->default_value("text"),
        "text, or json: the last line of stdout is one JSON object with steps, epochs, "
        "test_accuracy, test_loss, samples_per_s, wall_s and state_digest");
@@ -150,13 +195,27 @@ int TrainCommand(const std::vector<std::string>& args) {
                                           : std::filesystem::path(options.store_dir).parent_path(),
                                       error);
 
+  std::ofstream events;
+  if (!events_file.empty()) {
+    events.open(events_file, std::ios::app);
+    if (!events) {
+      std::cerr << "tandem train: cannot open --events file " << events_file << "\n";
+      return kExitUsage;
+    }
+  }
+
   // Ctrl-C reaches mpirun too (same process group), which stops the ranks;
   // we stay alive to say where the job can resume from.
   std::signal(SIGINT, SIG_IGN);
   ProgressView view(std::cerr, isatty(STDERR_FILENO) != 0, output == "json",
                     spec->train().global_batch());
-  absl::StatusOr<TrainResult> result =
-      RunLocalTraining(options, *spec, [&view](const WorkerEvent& e) { view.OnEvent(e); });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TrainResult> result = RunLocalTraining(options, *spec, [&](const WorkerEvent& e) {
+    view.OnEvent(e);
+    if (events.is_open()) {
+      events << EventJson(e, absl::ToDoubleSeconds(absl::Now() - start)).dump() << std::endl;
+    }
+  });
   view.Finish();
   if (!result.ok()) {
     std::cerr << "tandem train: job " << spec->name() << " failed: " << result.status().message()

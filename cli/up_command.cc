@@ -67,6 +67,7 @@ struct UpOptions {
   uint32_t wan_delay_ms = 0;
   double wan_rate_mbit = 0;
   double startup_timeout_s = 60;
+  std::string sample_log_dir;  // test mode, passed to the agents
 };
 
 // A process `up` started. Its stdout and stderr go to log_path.
@@ -475,12 +476,14 @@ int Up::Run() {
   }
 
   // WAN ports: cloud i's leaders listen on wan_port + i; its proxy on
-  // wan_port + 10 + i with its control socket on wan_port + 20 + i.
+  // wan_port + 10 + i with its control socket on wan_port + 20 + i; its
+  // agent serves checkpoint replication on wan_port + 30 + i.
   // Fixed ports are checked first: another `tandem up` most likely holds them.
   std::vector<uint32_t> fixed_ports;
   if (options_.port != 0) fixed_ports.push_back(options_.port);
   for (size_t i = 0; options_.wan_port != 0 && i < std::size(kClouds); ++i) {
     fixed_ports.push_back(options_.wan_port + i);
+    fixed_ports.push_back(options_.wan_port + 30 + i);
     if (emulate_wan) {
       fixed_ports.push_back(options_.wan_port + 10 + i);
       fixed_ports.push_back(options_.wan_port + 20 + i);
@@ -496,17 +499,21 @@ int Up::Run() {
     }
   }
   std::vector<uint32_t> wan_ports;
+  std::vector<uint32_t> replication_ports;
   for (size_t i = 0; i < std::size(kClouds); ++i) {
     if (options_.wan_port != 0) {
       wan_ports.push_back(options_.wan_port + i);
+      replication_ports.push_back(options_.wan_port + 30 + i);
       continue;
     }
-    absl::StatusOr<uint32_t> port = ProbeLoopbackPort();
-    if (!port.ok()) {
-      std::cerr << "tandem up: " << port.status().message() << "\n";
-      return kExitFailed;
+    for (std::vector<uint32_t>* ports : {&wan_ports, &replication_ports}) {
+      absl::StatusOr<uint32_t> port = ProbeLoopbackPort();
+      if (!port.ok()) {
+        std::cerr << "tandem up: " << port.status().message() << "\n";
+        return kExitFailed;
+      }
+      ports->push_back(*port);
     }
-    wan_ports.push_back(*port);
   }
 
   deadline_ = Clock::now() +
@@ -623,7 +630,12 @@ int Up::Run() {
                                      "--wan-listen",
                                      absl::StrCat("127.0.0.1:", wan_ports[i]),
                                      "--wan-advertise",
-                                     advertise[i]};
+                                     advertise[i],
+                                     "--replication-listen",
+                                     absl::StrCat("127.0.0.1:", replication_ports[i])};
+    if (!options_.sample_log_dir.empty()) {
+      argv.insert(argv.end(), {"--sample-log", options_.sample_log_dir});
+    }
     argv.insert(argv.end(), security.begin(), security.end());
     status = StartChild(absl::StrCat("agent ", kClouds[i]), absl::StrCat("agent-", kClouds[i]),
                         argv, &agents_[i]);
@@ -708,7 +720,8 @@ coordinator on 127.0.0.1:--port (state in HOME/coordinator-state) and the
 agents of cloud-a and cloud-b (checkpoint stores in HOME/cloud-a and
 HOME/cloud-b, --slots worker ranks each). cloud-a's pool leaders accept the
 other cloud's gradient streams on 127.0.0.1:--wan-port, cloud-b's on
---wan-port + 1.
+--wan-port + 1; their agents serve checkpoint copies (migrations, export) on
+--wan-port + 30 and + 31.
 
 With --wan-delay or --wan-rate, every byte between the clouds crosses a
 tandem-wan-proxy: one in front of each cloud's leaders (on --wan-port + 10
@@ -749,6 +762,8 @@ Options)");
        "one-way delay added between the clouds (each direction), in milliseconds")
       ("wan-rate", po::value(&options.wan_rate_mbit)->default_value(0)->value_name("MBIT"),
        "bandwidth between the clouds per direction, in Mbit/s (0: unlimited)")
+      ("sample-log", po::value(&options.sample_log_dir)->value_name("DIR"),
+       "test mode: the workers log the sample ids of every step to files here")
       ("wan-port", po::value(&options.wan_port)->default_value(options.wan_port)->value_name("P"),
        "first of the clouds' WAN ports, see above (0: any free ports)")
       ("startup-timeout",
@@ -766,7 +781,7 @@ Options)");
   };
   if (options.home.empty()) return usage("--home must not be empty");
   if (options.port > 65535) return usage("--port must be at most 65535");
-  if (options.wan_port > 65535 - 21) return usage("--wan-port must be at most 65514");
+  if (options.wan_port > 65535 - 31) return usage("--wan-port must be at most 65504");
   if (options.slots == 0) return usage("--slots must be at least 1");
   if (!(options.wan_rate_mbit >= 0)) return usage("--wan-rate must not be negative");
   if (!(options.startup_timeout_s > 0)) return usage("--startup-timeout must be positive");

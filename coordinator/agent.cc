@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/checkpoint_store.h"
+#include "checkpoint/replication.h"
 #include "coordinator/local_train.h"
 #include "transport/tls.h"
 
@@ -88,6 +90,9 @@ Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher)
 
 Agent::~Agent() {
   Stop();
+  if (replication_server_ != nullptr) {
+    replication_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
   std::map<std::string, std::unique_ptr<Group>> groups;
   std::map<std::string, std::unique_ptr<Copy>> copies;
   {
@@ -142,6 +147,28 @@ absl::Status Agent::Run() {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   stub_ = v1::AgentService::NewStub(
       grpc::CreateCustomChannel(options_.coordinator, channel_credentials_, args));
+  stores_service_ = std::make_unique<JobStoresService>(options_.store_dir);
+  if (!options_.replication_listen.empty()) {
+    std::shared_ptr<grpc::ServerCredentials> server_credentials =
+        grpc::InsecureServerCredentials();
+    if (!options_.insecure) {
+      absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+          ServerCredentials(options_.certs_dir);
+      if (!tls.ok()) return tls.status();
+      server_credentials = *tls;
+    }
+    grpc::ServerBuilder builder;
+    ListenExclusively(builder);
+    builder.AddListeningPort(options_.replication_listen, server_credentials);
+    builder.SetMaxReceiveMessageSize(kReplicationMaxMessageBytes);
+    builder.SetMaxSendMessageSize(kReplicationMaxMessageBytes);
+    builder.RegisterService(stores_service_.get());
+    replication_server_ = builder.BuildAndStart();
+    if (replication_server_ == nullptr) {
+      return absl::UnavailableError(absl::StrFormat(
+          "cannot serve checkpoint replication on %s", options_.replication_listen));
+    }
+  }
   std::string last_error;
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
@@ -349,6 +376,8 @@ absl::Status Agent::StartGroup(const v1::Assignment& assignment) {
   if (!options_.sample_log_dir.empty()) {
     argv.insert(argv.end(), {"--sample-log", options_.sample_log_dir});
   }
+  // The pool's leader opens the job's store itself.
+  stores_service_->Release(assignment.job_id());
   absl::StatusOr<std::unique_ptr<Subprocess>> process =
       launcher_->Launch(static_cast<int>(workers), argv);
   if (!process.ok()) return process.status();
@@ -446,21 +475,56 @@ bool Agent::SendReport(const v1::PoolReport& report) {
 }
 
 void Agent::StartCopy(const v1::Assignment& assignment) {
-  // Copies between clouds (migration) are the next step; say so instead of
-  // leaving the coordinator waiting.
   std::lock_guard<std::mutex> lock(mutex_);
   auto& copy = copies_[assignment.job_id()];
   if (copy != nullptr && copy->launch >= assignment.launch()) return;
+  if (copy != nullptr && copy->thread.joinable()) copy->thread.join();
   copy = std::make_unique<Copy>();
   copy->launch = assignment.launch();
-  copy->finished = true;
+  copy->thread = std::thread([this, assignment] { RunCopy(assignment); });
+}
+
+// A migration's copy: the job's latest checkpoint from this cloud's store to
+// the target cloud's agent, only the chunks it lacks.
+void Agent::RunCopy(v1::Assignment assignment) {
   v1::PoolReport report;
   report.set_job_id(assignment.job_id());
   report.set_cloud(options_.cloud);
   report.set_launch(assignment.launch());
+  report.set_pool_index(assignment.pool_index());
+  report.set_generation(assignment.generation());
   report.set_replicated(true);
-  report.set_error("this agent cannot copy checkpoints to other clouds yet");
-  unsent_exits_.push_back(std::move(report));
+  const std::string store_dir = options_.store_dir + "/" + assignment.job_id();
+  CheckpointStoreOptions store_options;
+  store_options.read_only = true;
+  store_options.create_if_missing = false;
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store =
+      CheckpointStore::Open(store_dir, store_options);
+  if (!store.ok()) {
+    report.set_error(absl::StrCat("cannot open ", store_dir, ": ", store.status().message()));
+  } else {
+    std::cerr << "tandem agent " << options_.cloud << ": copying the latest checkpoint of job "
+              << assignment.job_id() << " to " << assignment.replicate_to() << "\n";
+    absl::StatusOr<ReplicationStats> stats =
+        PushCheckpoint(**store, assignment.job_id(), std::nullopt, assignment.replicate_to(),
+                       channel_credentials_, std::chrono::minutes(30),
+                       assignment.spec().checkpoint().keep());
+    if (!stats.ok()) {
+      report.set_error(std::string(stats.status().message()));
+    } else {
+      report.set_replicated_bytes(stats->bytes_sent);
+      report.set_replicated_step(stats->step);
+      std::cerr << absl::StrFormat(
+          "tandem agent %s: copied step %d of job %s: %d of %d chunks sent (%d bytes) in %.2f s\n",
+          options_.cloud, stats->step, assignment.job_id(), stats->chunks_sent,
+          stats->chunks_total, stats->bytes_sent, stats->seconds);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    unsent_exits_.push_back(std::move(report));
+  }
+  wake_.notify_all();
 }
 
 }  // namespace tandem

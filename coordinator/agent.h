@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "coordinator/job_stores_service.h"
 #include "coordinator/launcher.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
 
@@ -80,6 +81,7 @@ class Agent {
   absl::Status StartGroup(const v1::Assignment& assignment);
   void ReadGroup(Group* group);
   void StartCopy(const v1::Assignment& assignment);
+  void RunCopy(v1::Assignment assignment);
   void Report(const v1::PoolReport& report);
   bool SendReport(const v1::PoolReport& report);
   std::vector<v1::RunningPool> RunningPools();
@@ -90,6 +92,8 @@ class Agent {
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
   std::unique_ptr<v1::AgentService::Stub> stub_;
   std::string lease_id_;
+  std::unique_ptr<JobStoresService> stores_service_;
+  std::unique_ptr<grpc::Server> replication_server_;
 
   std::mutex mutex_;
   std::condition_variable wake_;

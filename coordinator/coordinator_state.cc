@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/random/random.h"
@@ -158,7 +159,7 @@ absl::Status CoordinatorState::Recover() {
       // Agents need time to find a restarted coordinator (their channels
       // back off while it is down); a lease lost here would stop healthy
       // pools.
-      cloud.expires_ms = now + std::max<int64_t>(2 * int64_t{ttl_ms_}, kRecoveryGraceMs);
+      SetExpiry(cloud, now + std::max<int64_t>(2 * int64_t{ttl_ms_}, kRecoveryGraceMs));
     } else if (absl::StartsWith(key, "lease/")) {
       v1::Lease lease;
       if (!lease.ParseFromString(value)) return corrupt();
@@ -295,13 +296,18 @@ absl::Status CoordinatorState::Commit(Txn& txn) {
   if (!txn.dirty) {
     mu_.Unlock();
   } else {
-    // Hand over hand: the write order is the order of the state changes, and
-    // nobody waits on mu_ while this write syncs.
-    write_mu_.Lock();
+    // The write order is the order of the state changes: a ticket taken
+    // under mu_, then the turn awaited without it, so neither this write nor
+    // the wait for an earlier writer's fsync holds up heartbeats and reads.
+    const uint64_t ticket = next_write_ticket_++;
     mu_.Unlock();
+    write_mu_.Lock();
+    while (write_turn_ != ticket) write_cv_.Wait(&write_mu_);
     rocksdb::WriteOptions options;
     options.sync = txn.sync;
     rocksdb::Status s = db_->Write(options, &txn.batch);
+    ++write_turn_;
+    write_cv_.SignalAll();
     write_mu_.Unlock();
     if (!s.ok()) {
       status = absl::UnavailableError("writing the coordinator state: " + s.ToString());
@@ -717,10 +723,24 @@ v1::Plan CoordinatorState::BuildPlan(const Job& job, uint32_t index) const {
   return plan;
 }
 
+void CoordinatorState::SetExpiry(Cloud& cloud, int64_t expires_ms) {
+  cloud.expires_ms = expires_ms;
+  next_expiry_ms_ = std::min(next_expiry_ms_, expires_ms);
+}
+
 void CoordinatorState::ExpireLeases(Txn& txn) {
   const int64_t now = NowMs();
+  // Every live lease expires at next_expiry_ms_ or later, so the scan over
+  // all clouds (10,000 agents: ~0.5 ms under mu_) runs only when one may
+  // have expired, not on every tick and registration.
+  if (now <= next_expiry_ms_) return;
+  next_expiry_ms_ = std::numeric_limits<int64_t>::max();
   for (auto& [name, cloud] : clouds_) {
-    if (!cloud.alive || cloud.expires_ms >= now) continue;
+    if (!cloud.alive) continue;
+    if (cloud.expires_ms >= now) {
+      next_expiry_ms_ = std::min(next_expiry_ms_, cloud.expires_ms);
+      continue;
+    }
     cloud.alive = false;
     const std::string reason =
         absl::StrFormat("%s lost: agent lease expired (last heartbeat %.1f s ago)", name,
@@ -821,6 +841,13 @@ absl::StatusOr<v1::SubmitJobResponse> CoordinatorState::SubmitJob(const v1::JobS
   }
   if (spec.pools_size() == 0) {
     return absl::InvalidArgumentError("pools: a job needs at least one pool");
+  }
+  if (spec.exchange().mode() == v1::EXCHANGE_MODE_DELAYED) {
+    // Failover and joins redo or hand over a step from the state before it;
+    // a delayed exchange leaves an update in flight at every step boundary.
+    return absl::InvalidArgumentError(
+        "exchange.mode: delayed runs only under `tandem train`; jobs of a coordinator use "
+        "exchange.mode: sync");
   }
   Txn txn(this);
   for (int i = 0; i < spec.pools_size(); ++i) {
@@ -1086,7 +1113,7 @@ absl::StatusOr<v1::RegisterPoolResponse> CoordinatorState::RegisterPool(
   if (!cloud.lease_id.empty()) lease_to_cloud_.erase(cloud.lease_id);
   cloud.info = info;
   cloud.lease_id = NewLeaseId();
-  cloud.expires_ms = now + ttl_ms_;
+  SetExpiry(cloud, now + ttl_ms_);
   cloud.last_heartbeat_ms = now;
   cloud.alive = true;
   lease_to_cloud_[cloud.lease_id] = info.cloud();
@@ -1145,7 +1172,7 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorState::Heartbeat(
   }
   Cloud& cloud = clouds_[it->second];
   const int64_t now = NowMs();
-  cloud.expires_ms = now + ttl_ms_;
+  SetExpiry(cloud, now + ttl_ms_);
   cloud.last_heartbeat_ms = now;
   bool changed = !cloud.alive;
   cloud.alive = true;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -138,6 +139,8 @@ class CoordinatorState {
   // All of these run with mu_ held.
   void Reconcile(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLeases(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets a live lease's expiry; every change of expires_ms goes through it.
+  void SetExpiry(Cloud& cloud, int64_t expires_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PlacePending(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Relaunch(Txn& txn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Job* FindJob(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -179,16 +182,22 @@ class CoordinatorState {
   const uint32_t ttl_ms_;
   const EventCallback on_event_;
 
-  // Taken while mu_ is still held and released after the RocksDB write, so
-  // writes reach the database in the order of the state changes.
-  absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(mu_);
   mutable absl::Mutex mu_;
+  // Writes reach the database in the order of the state changes: Commit takes
+  // a ticket under mu_ and writes when write_turn_ reaches it, without mu_.
+  uint64_t next_write_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Mutex write_mu_;
+  absl::CondVar write_cv_;  // write_turn_ advanced
+  uint64_t write_turn_ ABSL_GUARDED_BY(write_mu_) = 0;
   absl::CondVar plan_cv_;  // a generation changed, a job ended, or shutdown
   absl::CondVar log_cv_;   // new log lines, a job ended, or shutdown
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_job_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, Cloud> clouds_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> lease_to_cloud_ ABSL_GUARDED_BY(mu_);
+  // No live lease expires before this (a lower bound; ExpireLeases makes it
+  // exact when it scans).
+  int64_t next_expiry_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::max();
   std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // job ids in submit order
 };

@@ -184,9 +184,19 @@ std::string PoolStoreDir(const LocalTrainOptions& options, const v1::JobSpec& sp
   return (std::filesystem::path(options.store_dir) / spec.pools(pool).cloud()).string();
 }
 
-absl::StatusOr<TrainResult> RunLocalTraining(
+namespace {
+
+// What a pool's leader says when the port it was given is taken
+// (trainer.cc's standby server, grpc_link.cc's exchange server).
+bool IsListenFailure(const std::string& message) { return message.rfind("cannot listen", 0) == 0; }
+
+// One try. `port_taken` is set when a leader could not listen on the port
+// picked for it: another process took it between FreeLoopbackPort and the
+// leader's bind, which a fresh try with other ports gets around.
+absl::StatusOr<TrainResult> RunLocalTrainingOnce(
     const LocalTrainOptions& options, const v1::JobSpec& spec,
-    const std::function<void(const WorkerEvent&)>& on_event) {
+    const std::function<void(const WorkerEvent&)>& on_event, bool* port_taken) {
+  *port_taken = false;
   const int pools = spec.pools_size();
   const auto start = std::chrono::steady_clock::now();
 
@@ -288,6 +298,7 @@ absl::StatusOr<TrainResult> RunLocalTraining(
       continue;
     }
     if (event->kind == "error") {
+      if (IsListenFailure(event->message)) *port_taken = true;
       if (error.empty()) {
         error = pools > 1 ? absl::StrCat("pool ", spec.pools(pool).cloud(), ": ", event->message)
                           : event->message;
@@ -332,6 +343,25 @@ absl::StatusOr<TrainResult> RunLocalTraining(
   }
   result->wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return *result;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> RunLocalTraining(
+    const LocalTrainOptions& options, const v1::JobSpec& spec,
+    const std::function<void(const WorkerEvent&)>& on_event) {
+  constexpr int kTries = 3;
+  for (int attempt = 1;; ++attempt) {
+    bool port_taken = false;
+    absl::StatusOr<TrainResult> result = RunLocalTrainingOnce(options, spec, on_event, &port_taken);
+    if (result.ok() || !port_taken || attempt == kTries) return result;
+    WorkerEvent warning;
+    warning.kind = "warning";
+    warning.message =
+        absl::StrCat(result.status().message(),
+                     " (another process took the port); starting again on other ports");
+    on_event(warning);
+  }
 }
 
 }  // namespace tandem

@@ -16,6 +16,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # data, and PyTorch for checking that exported checkpoints load in Python
   dataset-fashion-mnist python3-torch
+  # plots of bench/run
+  gnuplot-nox
 )
 
 missing=()

@@ -115,7 +115,17 @@ absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(
         return absl::InvalidArgumentError(absl::StrCat("powersgd rank must be in [1, ",
                                                        kMaxPowerSgdRank, "], got ", spec.rank()));
       }
-      return codec_internal::MakePowerSgdCodec(tensor_shapes, n, spec.rank(), seed);
+      switch (spec.factors()) {
+        case v1::FACTOR_PRECISION_UNSPECIFIED:
+        case v1::FACTOR_PRECISION_FP32:
+        case v1::FACTOR_PRECISION_FP16:
+        case v1::FACTOR_PRECISION_INT8:
+          break;
+        default:
+          return absl::InvalidArgumentError(
+              absl::StrCat("no powersgd factor precision ", static_cast<int>(spec.factors())));
+      }
+      return codec_internal::MakePowerSgdCodec(tensor_shapes, n, spec.rank(), spec.factors(), seed);
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("no codec for CodecKind ", static_cast<int>(spec.codec())));

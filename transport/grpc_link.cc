@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "tandem/v1/exchange.grpc.pb.h"
 #include "transport/crc32c.h"
+#include "transport/tls.h"
 
 namespace tandem {
 namespace {
@@ -232,6 +233,7 @@ absl::Status GrpcLink::Impl::Start() {
 
   service_ = std::make_unique<Service>(this);
   grpc::ServerBuilder builder;
+  ListenExclusively(builder);
   builder.AddListeningPort(options_.listen_address, options_.server_credentials, &port_);
   builder.RegisterService(service_.get());
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, Ms(options_.keepalive_time));

@@ -20,6 +20,7 @@
 
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
 
 #include <memory>
 #include <string>
@@ -64,6 +65,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
 // ServerCredentials.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const std::string& dir);
+
+// Makes a server of `builder` fail to start on a port that another socket
+// holds. gRPC sets SO_REUSEPORT by default, so a second server on the same
+// port would start and split the connections with the first. Every tandem
+// server calls this.
+void ListenExclusively(grpc::ServerBuilder& builder);
 
 }  // namespace tandem
 

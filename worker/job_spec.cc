@@ -72,6 +72,11 @@ constexpr EnumName<v1::ExchangeMode> kExchangeModes[] = {
     {"sync", v1::EXCHANGE_MODE_SYNC},
     {"delayed", v1::EXCHANGE_MODE_DELAYED},
 };
+constexpr EnumName<v1::FactorPrecision> kFactorPrecisions[] = {
+    {"fp32", v1::FACTOR_PRECISION_FP32},
+    {"fp16", v1::FACTOR_PRECISION_FP16},
+    {"int8", v1::FACTOR_PRECISION_INT8},
+};
 constexpr EnumName<v1::Placement> kPlacements[] = {
     {"explicit", v1::PLACEMENT_EXPLICIT},
     {"any", v1::PLACEMENT_ANY},
@@ -87,7 +92,7 @@ constexpr absl::string_view kTrainKeys[] = {
     "seed",   "eval_every_steps", "adam_beta1",   "adam_beta2", "adam_eps", "weight_decay"};
 constexpr absl::string_view kCheckpointKeys[] = {"every_steps", "keep", "async"};
 constexpr absl::string_view kPoolKeys[] = {"cloud", "workers"};
-constexpr absl::string_view kExchangeKeys[] = {"codec",   "rank", "topk_ratio",
+constexpr absl::string_view kExchangeKeys[] = {"codec",   "rank", "factors",           "topk_ratio",
                                                "streams", "mode", "digest_every_steps"};
 
 template <typename E, size_t N>
@@ -368,6 +373,7 @@ void SetDefaults(v1::JobSpec* spec) {
   v1::ExchangeSpec* exchange = spec->mutable_exchange();
   exchange->set_codec(v1::CODEC_KIND_NONE);
   exchange->set_rank(4);
+  exchange->set_factors(v1::FACTOR_PRECISION_FP32);
   exchange->set_topk_ratio(0.01);
   exchange->set_streams(4);
   exchange->set_mode(v1::EXCHANGE_MODE_SYNC);
@@ -453,6 +459,8 @@ absl::StatusOr<v1::JobSpec> MapJobSpec(const YAML::Node& root) {
   v1::ExchangeSpec* x = spec.mutable_exchange();
   exchange.Enum("codec", kCodecs, [x](v1::CodecKind value) { x->set_codec(value); });
   exchange.Uint32("rank", [x](uint32_t value) { x->set_rank(value); });
+  exchange.Enum("factors", kFactorPrecisions,
+                [x](v1::FactorPrecision value) { x->set_factors(value); });
   exchange.Double("topk_ratio", [x](double value) { x->set_topk_ratio(value); });
   exchange.Uint32("streams", [x](uint32_t value) { x->set_streams(value); });
   exchange.Enum("mode", kExchangeModes, [x](v1::ExchangeMode value) { x->set_mode(value); });
@@ -641,6 +649,9 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
   const v1::ExchangeSpec& exchange = spec.exchange();
   checks.Add(CheckEnum("exchange.codec", exchange.codec(), kCodecs));
   checks.Add(CheckBetween("exchange.rank", exchange.rank(), 1, kMaxPowerSgdRank));
+  if (exchange.factors() != v1::FACTOR_PRECISION_UNSPECIFIED) {
+    checks.Add(CheckEnum("exchange.factors", exchange.factors(), kFactorPrecisions));
+  }
   checks.Add(CheckFraction("exchange.topk_ratio", exchange.topk_ratio()));
   checks.Add(CheckBetween("exchange.streams", exchange.streams(), 1, kMaxStreams));
   checks.Add(CheckEnum("exchange.mode", exchange.mode(), kExchangeModes));

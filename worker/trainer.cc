@@ -217,6 +217,11 @@ class Trainer {
  public:
   Trainer(const WorkerOptions& options, PoolComm& comm, std::ostream& events)
       : options_(options), comm_(comm), events_(events) {}
+  // A run that failed with an exchange in flight: it ends within the
+  // exchange deadline, before the link and codec it uses go away.
+  ~Trainer() {
+    if (exchange_thread_.joinable()) exchange_thread_.join();
+  }
 
   absl::Status Run();
 
@@ -232,10 +237,33 @@ class Trainer {
   absl::Status LoadInitFile();
   absl::Status RestoreCodecState(const Checkpoint& checkpoint);
   absl::Status ReconcileAcrossPools(bool* have_state);
-  // Leader of a job with several pools: the pool's gradient and loss (in
-  // grad_and_loss) become the sum over every pool.
-  absl::Status ExchangeGradients();
-  absl::Status CheckCloudsAgree(uint64_t round);
+  // Leader of a job with several pools: the pool's gradient and loss of step
+  // `step` (numel + 1 floats at `grad_and_loss`) become the sum over every
+  // pool.
+  absl::Status ExchangeGradients(uint64_t step, float* grad_and_loss);
+  // Leaders: compare the state digest after `applied` updates.
+  absl::Status CheckCloudsAgree(uint64_t round, uint64_t applied);
+
+  // exchange.mode: delayed. Staleness is exactly one update: the gradient of
+  // step t is computed on the parameters after the updates of steps
+  // 0..t-2 and applied as the update of step t once step t+1's gradient is
+  // computed, i.e. on top of step t-1's update, which it did not see. Where
+  // the pipeline was drained (a checkpoint, the start of a run, a resume)
+  // the next step's gradient is fresh again. Every rank of every cloud
+  // applies the same combined gradients in the same order, so the
+  // parameters stay bitwise identical across clouds; only the leader's
+  // exchange runs on another thread, and every collective stays on the
+  // training thread in the same order on every rank.
+  //
+  // Collective: keeps this step's pool gradient (grad_and_loss, after the
+  // pool allreduce) as the one in flight; the leader starts exchanging it
+  // with the other pools on exchange_thread_ (after the digest check that
+  // is due, the link being idle then).
+  void StartDelayedExchange(uint32_t batch_size);
+  // Collective: waits for the exchange in flight, if any, and applies its
+  // combined gradient. After it nothing is in flight.
+  absl::Status ApplyInFlight(double* last_loss);
+  bool delayed() const { return spec_.exchange().mode() == v1::EXCHANGE_MODE_DELAYED; }
   absl::Status StartLink();
   std::chrono::milliseconds ExchangeDeadline() const {
     return std::chrono::milliseconds(options_.exchange_timeout_ms);
@@ -278,7 +306,18 @@ class Trainer {
   uint32_t rank_offset_ = 0;      // ranks of the pools before this one
   std::unique_ptr<Codec> codec_;  // leader of a multi-pool job only
   std::unique_ptr<Link> link_;    // leader, while several pools are active
-  uint64_t fp32_bytes_exchanged_ = 0;
+  uint64_t fp32_bytes_exchanged_ = 0;  // written by the exchange thread while it runs
+
+  // Delayed mode. in_flight_ holds (numel + 1 floats, like grad_and_loss)
+  // the pool-summed gradient and loss of the step in flight; on the leader
+  // the exchange thread turns it into the sum over every pool. The
+  // training thread touches it, codec_, link_ and exchange_status_ only
+  // when the thread is joined.
+  at::Tensor in_flight_;
+  bool has_in_flight_ = false;
+  uint32_t in_flight_batch_ = 0;
+  std::thread exchange_thread_;
+  absl::Status exchange_status_;
 
   // Plans (coordinator mode). Every rank knows the active pools and the
   // generation; the leader also the peers' addresses and the plan client.
@@ -619,6 +658,7 @@ void Trainer::StopLink() {
 
 absl::Status Trainer::StartStandby() {
   grpc::ServerBuilder builder;
+  ListenExclusively(builder);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options_.insecure) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server =
@@ -900,9 +940,8 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
       std::chrono::duration_cast<std::chrono::minutes>(kJoinDeadline).count()));
 }
 
-absl::Status Trainer::ExchangeGradients() {
+absl::Status Trainer::ExchangeGradients(uint64_t step, float* grad) {
   const size_t n = static_cast<size_t>(model_.numel);
-  float* grad = model_.grad_and_loss.data_ptr<float>();
   const double loss = grad[n];
   std::string mine(reinterpret_cast<const char*>(&loss), sizeof(loss));
   std::string encoded;
@@ -920,7 +959,7 @@ absl::Status Trainer::ExchangeGradients() {
   absl::Status status = codec_->BeginStep(grad, n, &encoded);
   if (!status.ok()) return status;
   mine += encoded;
-  absl::StatusOr<std::vector<std::string>> all = LeaderExchange(RoundOf(step_, 0), mine);
+  absl::StatusOr<std::vector<std::string>> all = LeaderExchange(RoundOf(step, 0), mine);
   if (!all.ok()) return restore_on_abort(all.status());
   double total_loss = 0;
   std::vector<std::string> payloads;
@@ -934,7 +973,7 @@ absl::Status Trainer::ExchangeGradients() {
   for (int round = 1; round < codec_->rounds(); ++round) {
     status = codec_->NextRound(payloads, &encoded);
     if (!status.ok()) return status;
-    all = LeaderExchange(RoundOf(step_, round), encoded);
+    all = LeaderExchange(RoundOf(step, round), encoded);
     if (!all.ok()) return restore_on_abort(all.status());
     payloads = std::move(*all);
   }
@@ -947,7 +986,7 @@ absl::Status Trainer::ExchangeGradients() {
 
 // Every K steps (and at the end) the leaders compare a digest of the model
 // and optimizer state: every cloud must hold the same bits.
-absl::Status Trainer::CheckCloudsAgree(uint64_t round) {
+absl::Status Trainer::CheckCloudsAgree(uint64_t round, uint64_t applied) {
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
   absl::StatusOr<std::vector<std::string>> all = LeaderExchange(round, digest);
   if (!all.ok()) return all.status();
@@ -957,10 +996,64 @@ absl::Status Trainer::CheckCloudsAgree(uint64_t round) {
           "the parameters of pool %s differ from pool %s's after step %d: the clouds diverged "
           "(digests %s and %s)",
           spec_.pools(static_cast<int>(active_[pool])).cloud(), spec_.pools(pool_index_).cloud(),
-          step_,
+          applied,
           (*all)[pool].substr(0, 16), digest.substr(0, 16)));
     }
   }
+  return absl::OkStatus();
+}
+
+void Trainer::StartDelayedExchange(uint32_t batch_size) {
+  if (!in_flight_.defined()) in_flight_ = torch::empty({model_.numel + 1}, torch::kFloat);
+  in_flight_.copy_(model_.grad_and_loss);
+  has_in_flight_ = true;
+  in_flight_batch_ = batch_size;
+  if (comm_.rank() != 0 || link_ == nullptr) return;
+  // Nothing is in flight when this is called, so the updates of steps
+  // 0..step_-1 are applied: the digest check for step_ % K == 0 compares
+  // the same state sync mode compares after step_.
+  const uint64_t applied = step_;
+  const uint32_t digest_every = spec_.exchange().digest_every_steps();
+  const bool check = applied != 0 && digest_every != 0 && applied % digest_every == 0;
+  float* buffer = in_flight_.data_ptr<float>();
+  exchange_thread_ = std::thread([this, applied, check, buffer] {
+    try {
+      torch::set_num_threads(1);
+      // The training thread only reads the parameters and optimizer state
+      // until it joins this thread (forward and backward write gradients).
+      exchange_status_ =
+          check ? CheckCloudsAgree(RoundOf(applied - 1, kDigestRound), applied) : absl::OkStatus();
+      if (exchange_status_.ok()) exchange_status_ = ExchangeGradients(applied, buffer);
+    } catch (const std::exception& e) {
+      exchange_status_ = absl::InternalError(absl::StrCat("libtorch: ", e.what()));
+    }
+  });
+}
+
+absl::Status Trainer::ApplyInFlight(double* last_loss) {
+  if (!has_in_flight_) return absl::OkStatus();
+  has_in_flight_ = false;
+  int64_t action = kProceed;
+  absl::Status leader_status;
+  if (comm_.rank() == 0 && exchange_thread_.joinable()) {
+    exchange_thread_.join();
+    leader_status = exchange_status_;
+    if (!leader_status.ok()) action = kFail;
+  }
+  absl::Status status;
+  if (spec_.pools_size() > 1) {
+    status = comm_.Broadcast(&action, sizeof(action), 0);
+    if (!status.ok()) return status;
+  }
+  if (action == kFail) return ShareStatus(comm_, leader_status);
+  if (active_.size() > 1) {
+    status = comm_.Broadcast(in_flight_.data_ptr(), in_flight_.nbytes(), 0);
+    if (!status.ok()) return status;
+  }
+  *last_loss = in_flight_.data_ptr<float>()[model_.numel] / in_flight_batch_;
+  torch::NoGradGuard no_grad;
+  at::Tensor grad = in_flight_.narrow(0, 0, model_.numel);
+  optimizer_->Step(model_.params, grad);
   return absl::OkStatus();
 }
 
@@ -1159,10 +1252,13 @@ absl::Status Trainer::Run() {
         absl::StrFormat("pool %s has %d workers in the spec but mpirun started %d ranks",
                         pool.cloud(), pool.workers(), comm_.size()));
   }
-  if (spec_.exchange().mode() == v1::EXCHANGE_MODE_DELAYED) {
+  if (delayed() && following_plans()) {
+    // Re-planning redoes a step from the state before it; with an update in
+    // flight there is no such state to redo from.
     return absl::FailedPreconditionError(
-        "exchange.mode: delayed (the exchange of a step overlapping the next step's compute) "
-        "is not available in this version; use sync");
+        "exchange.mode: delayed runs only under `tandem train`, not under a coordinator (its "
+        "failover and joins re-plan at step boundaries, which a delayed exchange does not "
+        "have); use exchange.mode: sync for this job");
   }
 
   absl::StatusOr<MnistSplit> train_split = LoadFashionMnist(spec_.data().path(), Split::kTrain);
@@ -1246,15 +1342,22 @@ absl::Status Trainer::Run() {
     LogSamples(batch, begin, end);
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
+    int64_t action = kProceed;
+    if (delayed()) {
+      // The previous step's exchange ran under this step's compute; its
+      // update is applied now, and this step's exchange starts.
+      status = ApplyInFlight(&last_loss);
+      if (!status.ok()) return status;
+      StartDelayedExchange(batch_size);
+    }
     // The leaders combine their pools' gradients across clouds; the leader
     // then tells its pool how the step ends and hands it the combined one.
-    int64_t action = kProceed;
     absl::Status leader_status;
-    if (comm_.rank() == 0) {
+    if (!delayed() && comm_.rank() == 0) {
       if (pending_plan_.has_value()) {
         action = kRedo;  // a peer was lost after the previous step
       } else if (link_ != nullptr) {
-        leader_status = ExchangeGradients();
+        leader_status = ExchangeGradients(step_, model_.grad_and_loss.data_ptr<float>());
         if (absl::IsAborted(leader_status) && pending_plan_.has_value()) {
           action = kRedo;
         } else if (!leader_status.ok()) {
@@ -1270,7 +1373,7 @@ absl::Status Trainer::Run() {
         }
       }
     }
-    if (following_plans() || spec_.pools_size() > 1) {
+    if (!delayed() && (following_plans() || spec_.pools_size() > 1)) {
       status = comm_.Broadcast(&action, sizeof(action), 0);
       if (!status.ok()) return status;
     }
@@ -1281,12 +1384,12 @@ absl::Status Trainer::Run() {
       if (!status.ok()) return status;
       continue;
     }
-    if (active_.size() > 1) {
+    if (!delayed() && active_.size() > 1) {
       status = comm_.Broadcast(model_.grad_and_loss.data_ptr(), model_.grad_and_loss.nbytes(), 0);
       if (!status.ok()) return status;
     }
-    last_loss = model_.loss_slot() / batch_size;
-    {
+    if (!delayed()) {
+      last_loss = model_.loss_slot() / batch_size;
       torch::NoGradGuard no_grad;
       at::Tensor grad = model_.grad();
       optimizer_->Step(model_.params, grad);
@@ -1328,15 +1431,30 @@ absl::Status Trainer::Run() {
       if (!status.ok()) return status;
     }
     const uint32_t digest_every = spec_.exchange().digest_every_steps();
-    if (comm_.rank() == 0 && link_ != nullptr && digest_every != 0 && step_ % digest_every == 0) {
-      status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound));
+    // Delayed mode checks on the exchange thread, where the link is.
+    if (comm_.rank() == 0 && link_ != nullptr && !delayed() && digest_every != 0 &&
+        step_ % digest_every == 0) {
+      status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound), step_);
       // A peer lost during the check: the plan changes before the next step.
       if (!status.ok() && !(absl::IsAborted(status) && pending_plan_.has_value())) return status;
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
+      // A checkpoint holds a state with nothing in flight, so that a resume
+      // continues as this run does: drain (the next step starts fresh).
+      const Clock::time_point drain_start = Clock::now();
+      status = ApplyInFlight(&last_loss);
+      if (!status.ok()) return status;
+      train_seconds += SecondsSince(drain_start);
       SaveCheckpoint();
     }
     if (comm_.rank() == 0) ReportSaves(/*wait=*/false);
+  }
+  {
+    // The last step's gradient is applied too (delayed mode's flush).
+    const Clock::time_point flush_start = Clock::now();
+    status = ApplyInFlight(&last_loss);
+    if (!status.ok()) return status;
+    train_seconds += SecondsSince(flush_start);
   }
   if (stopped_) {
     // The coordinator moves the job elsewhere (or no longer needs this pool):
@@ -1377,7 +1495,7 @@ absl::Status Trainer::Run() {
   uint64_t wan_bytes_sent = 0;
   if (link_ != nullptr) {
     // The slot of the step that would come next, which no round has used.
-    status = CheckCloudsAgree(RoundOf(step_, 0));
+    status = CheckCloudsAgree(RoundOf(step_, 0), step_);
     if (absl::IsAborted(status) && pending_plan_.has_value()) {
       Emit({{"event", "warning"},
             {"message", "a peer was lost after the last step: the final digest check between "

@@ -7,7 +7,11 @@
 // sum every pool's in pool order, and broadcast the sum in their pool; then
 // the optimizer step. Every rank of every pool holds bitwise-identical
 // parameters after every step (checked every exchange.digest_every_steps
-// between clouds, and at the end).
+// between clouds, and at the end). With exchange.mode: delayed (tandem train
+// only; refused with a coordinator) the leader exchanges step t's gradient on
+// a thread of its own while every rank computes step t+1, whose optimizer
+// step then applies step t's combined gradient: one update of staleness (see
+// Trainer::StartDelayedExchange); checkpoints and the end drain it.
 #ifndef TANDEM_WORKER_TRAINER_H_
 #define TANDEM_WORKER_TRAINER_H_
 

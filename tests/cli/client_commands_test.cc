@@ -30,6 +30,7 @@
 #include "checkpoint/replication.h"
 #include "coordinator/coordinator_server.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
+#include "tests/support/background_tandem.h"
 #include "tests/support/run_tandem.h"
 #include "transport/tls.h"
 
@@ -567,10 +568,16 @@ TEST_F(WithCoordinatorTest, WatchEndsWithTheJob) {
   StartAgent();
   const std::string job = Submit();
   ASSERT_FALSE(job.empty());
-  std::future<RunResult> watch = std::async(std::launch::async, [&] {
-    return Tandem({"status", job, "--watch", "--interval", "0.1", "--output", "json"});
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const std::string log = dir_.Join("watch.log");
+  testing::BackgroundTandem watch({"status", job, "--watch", "--interval", "0.1", "--output",
+                                   "json", "--coordinator", address_, "--insecure"},
+                                  log);
+  // The watch has shown the running job before it is cancelled.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (watch.Log().find("\"state\"") == std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << watch.Log();
+    ASSERT_FALSE(watch.Wait(std::chrono::milliseconds(20)).has_value()) << watch.Log();
+  }
   v1::CancelJobRequest request;
   request.set_job_id(job);
   request.set_reason("from the test");
@@ -578,12 +585,11 @@ TEST_F(WithCoordinatorTest, WatchEndsWithTheJob) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   ASSERT_TRUE(stub_->CancelJob(&context, request, &ignored).ok());
-  ASSERT_EQ(watch.wait_for(std::chrono::seconds(60)), std::future_status::ready);
-  RunResult run = watch.get();
-  EXPECT_EQ(run.exit_code, 1) << run.err;
-  EXPECT_EQ(Json(run)["state"], "CANCELLED");
-  // One JSON object per change: at least the first view and the end.
-  EXPECT_GE(std::count(run.out.begin(), run.out.end(), '\n'), 2);
+  EXPECT_EQ(watch.Wait(std::chrono::seconds(60)), std::optional<int>(1)) << watch.Log();
+  const std::string out = watch.Log();
+  // One JSON object per change: the running job's first view, then the end.
+  EXPECT_GE(std::count(out.begin(), out.end(), '\n'), 2) << out;
+  EXPECT_THAT(out, HasSubstr("CANCELLED"));
 }
 
 TEST_F(WithCoordinatorTest, WatchRedrawsInPlaceOnATerminal) {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "coordinator/coordinator_server.h"
@@ -46,6 +47,26 @@ class Heartbeater {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+std::map<std::string, bool> Alive(v1::JobService::Stub* jobs) {
+  grpc::ClientContext context;
+  v1::ListPoolsResponse pools;
+  grpc::Status status = jobs->ListPools(&context, v1::ListPoolsRequest(), &pools);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::map<std::string, bool> alive;
+  for (const v1::PoolHealth& pool : pools.pools()) alive[pool.pool().cloud()] = pool.alive();
+  return alive;
+}
+
+// Polls ListPools until `cloud` is no longer alive or kWait passes.
+bool WaitForLoss(v1::JobService::Stub* jobs, const std::string& cloud) {
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (Alive(jobs)[cloud]) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return true;
+}
 
 class CoordinatorTest : public ::testing::Test {
  protected:
@@ -295,6 +316,13 @@ TEST_F(CoordinatorTest, SubmitValidatesPoolsAgainstRegisteredClouds) {
   s = Submit(Spec({}), &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(s.error_message(), "pools: a job needs at least one pool");
+  v1::JobSpec delayed = Spec({{"cloud-a", 1}, {"cloud-b", 1}});
+  delayed.mutable_exchange()->set_mode(v1::EXCHANGE_MODE_DELAYED);
+  s = Submit(delayed, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "exchange.mode: delayed runs only under `tandem train`; jobs of a coordinator use "
+            "exchange.mode: sync");
 }
 
 TEST_F(CoordinatorTest, PlacementAnyPicksCloudsWithFreeSlots) {
@@ -314,7 +342,8 @@ TEST_F(CoordinatorTest, PendingUntilAgentsAreAliveThenAssignedAndRunning) {
   std::string lease_a = Register("cloud-a");
   std::string lease_b = Register("cloud-b");
   // Let both leases expire: the clouds are known but have no live agent.
-  std::this_thread::sleep_for(milliseconds(400));
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-a"));
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
   const std::string job = SubmitOk(Spec({{"cloud-a", 2}, {"cloud-b", 3}}));
   EXPECT_EQ(job, "mnist-1");
   v1::JobStatus status = WaitFor(job, [](const v1::JobStatus& s) {
@@ -448,6 +477,32 @@ TEST_F(CoordinatorTest, LeaseExpiryDropsTheCloudAndItRejoinsWhenBack) {
   status = Get(job);
   EXPECT_EQ(status.pools(0).state(), v1::POOL_STATE_ACTIVE);
   EXPECT_TRUE(HasEvent(status, v1::JOB_STATE_RUNNING, "cloud-a rejoins at the next step boundary"));
+}
+
+// Which clouds ListPools reports alive.
+// The expiry scan runs only once some lease may have expired; whichever
+// lease was registered or renewed last, and after every lease has expired,
+// a lease without heartbeats must still expire, and one with them must not.
+TEST_F(CoordinatorTest, EveryLeaseWithoutHeartbeatsExpires) {
+  Start(/*ttl_ms=*/300);
+  lease_a_ = Register("cloud-a");
+  {
+    Heartbeater a(agents_.get(), "cloud-a", lease_a_);
+    lease_b_ = Register("cloud-b");  // expires after cloud-a's first expiry
+    EXPECT_TRUE(Alive(jobs_.get())["cloud-b"]);
+    ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
+    std::this_thread::sleep_for(milliseconds(600));  // two ttls of heartbeats
+    EXPECT_TRUE(Alive(jobs_.get())["cloud-a"]);
+  }
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-a"));
+  // No live lease is left; a new registration must be scanned for again.
+  lease_b_ = Register("cloud-b");
+  EXPECT_TRUE(Alive(jobs_.get())["cloud-b"]);
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
+  // A heartbeat on an expired lease revives it, and it expires again.
+  ASSERT_TRUE(Heartbeat("cloud-b", lease_b_).ok());
+  EXPECT_TRUE(Alive(jobs_.get())["cloud-b"]);
+  ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
 }
 
 TEST_F(CoordinatorTest, UnreachableReportDropsThePeerAndTheFirstReportWins) {

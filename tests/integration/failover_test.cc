@@ -24,6 +24,7 @@
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/background_tandem.h"
 #include "tests/support/run_tandem.h"
+#include "tests/support/sample_log.h"
 #include "worker/job_spec.h"
 #include "worker/sampler.h"
 
@@ -37,7 +38,6 @@ using infra::WanProxy;
 using infra::WanProxyOptions;
 using Clock = std::chrono::steady_clock;
 
-constexpr uint64_t kTrainSamples = 60000;  // Fashion-MNIST's training set
 constexpr auto kJobDeadline = std::chrono::minutes(6);
 
 std::string Address(int port) { return absl::StrFormat("127.0.0.1:%d", port); }
@@ -62,6 +62,8 @@ class Cluster {
     jobs_ = v1::JobService::NewStub(channel);
   }
 
+  std::string state_dir() const { return dir_.Join("coordinator"); }
+
   void KillCoordinator() {
     coordinator_->SignalGroup(SIGKILL);
     coordinator_->Wait(std::chrono::milliseconds(-1));
@@ -71,6 +73,7 @@ class Cluster {
   // WanProxy (the emulated WAN), which the test can partition.
   void StartAgent(const std::string& cloud, int slots, bool behind_proxy = false) {
     if (wan_ports_.count(cloud) == 0) wan_ports_[cloud] = FreeLoopbackPort();
+    if (replication_ports_.count(cloud) == 0) replication_ports_[cloud] = FreeLoopbackPort();
     std::string advertise = Address(wan_ports_[cloud]);
     if (behind_proxy) {
       WanProxyOptions options;
@@ -85,6 +88,7 @@ class Cluster {
                                  Address(coordinator_port_), "--store", dir_.Join(cloud),
                                  "--slots", std::to_string(slots), "--wan-listen",
                                  Address(wan_ports_[cloud]), "--wan-advertise", advertise,
+                                 "--replication-listen", Address(replication_ports_[cloud]),
                                  "--insecure", "--heartbeat-ms", "500", "--exchange-timeout-ms",
                                  "5000", "--sample-log", dir_.Join("samples")},
         dir_.Join(cloud + ".log"));
@@ -96,7 +100,9 @@ class Cluster {
 
   // The cloud vanishes: its agent and every process it started.
   void KillCloud(const std::string& cloud) {
-    agents_[cloud]->SignalGroup(SIGKILL);
+    const std::vector<pid_t> tree = testing::ProcessTree(agents_[cloud]->pid());
+    EXPECT_GE(tree.size(), 3u) << "the agent, mpirun and a worker";
+    agents_[cloud]->SignalTree(SIGKILL);
     agents_[cloud]->Wait(std::chrono::milliseconds(-1));
   }
 
@@ -127,6 +133,16 @@ class Cluster {
     grpc::Status status = jobs_->SubmitJob(&context, request, &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response.job_id();
+  }
+
+  grpc::Status Migrate(const std::string& id, const std::string& cloud) {
+    v1::MigrateJobRequest request;
+    request.set_job_id(id);
+    request.set_to_cloud(cloud);
+    v1::JobStatus job;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return jobs_->MigrateJob(&context, request, &job);
   }
 
   v1::JobStatus Job(const std::string& id) {
@@ -176,9 +192,21 @@ class Cluster {
   std::unique_ptr<BackgroundTandem> coordinator_;
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::map<std::string, int> wan_ports_;
+  std::map<std::string, int> replication_ports_;
   std::map<std::string, std::unique_ptr<BackgroundTandem>> agents_;
   std::map<std::string, std::unique_ptr<WanProxy>> proxies_;
 };
+
+std::string OneCloudSpec(uint64_t max_steps) {
+  return absl::StrFormat(R"(name: migrating
+model: {arch: cnn}
+train: {epochs: 1, max_steps: %d, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 7}
+checkpoint: {every_steps: 50, keep: 2, async: true}
+pools:
+  - {cloud: cloud-a, workers: 1}
+)",
+                         max_steps);
+}
 
 std::string TwoCloudSpec(uint64_t max_steps) {
   return absl::StrFormat(R"(name: failover
@@ -191,38 +219,6 @@ pools:
   - {cloud: cloud-b, workers: 1}
 )",
                          max_steps);
-}
-
-// Every step 0..steps-1 consumed exactly the samples of its global batch, once.
-// Ranks log the slice they computed; a step's update is made of the slices of
-// its last generation (an attempt that a loss interrupted was redone by the
-// survivors under a newer generation, and its gradients were discarded).
-void ExpectEverySampleOnce(const std::string& dir, uint64_t steps, uint32_t batch,
-                           uint64_t seed) {
-  std::map<uint64_t, std::map<uint64_t, std::multiset<uint32_t>>> by_step;  // step -> gen -> ids
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    std::ifstream in(entry.path());
-    std::string line;
-    while (std::getline(in, line)) {
-      std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
-      ASSERT_GE(fields.size(), 2u) << entry.path() << ": " << line;
-      const uint64_t step = std::stoull(fields[0]);
-      const uint64_t generation = std::stoull(fields[1]);
-      auto& ids = by_step[step][generation];
-      for (size_t i = 2; i < fields.size(); ++i) ids.insert(std::stoul(fields[i]));
-    }
-  }
-  GlobalSampler sampler(kTrainSamples, batch, seed);
-  ASSERT_EQ(by_step.size(), steps);
-  std::set<uint32_t> seen;
-  for (uint64_t step = 0; step < steps; ++step) {
-    ASSERT_EQ(by_step.count(step), 1u) << "no rank logged step " << step;
-    const std::multiset<uint32_t>& ids = by_step[step].rbegin()->second;
-    const std::vector<uint32_t> expected = sampler.GlobalBatch(step * batch);
-    EXPECT_EQ(ids, std::multiset<uint32_t>(expected.begin(), expected.end()))
-        << "step " << step << " generation " << by_step[step].rbegin()->first;
-    for (uint32_t id : ids) EXPECT_TRUE(seen.insert(id).second) << "sample " << id << " twice";
-  }
 }
 
 bool HasEvent(const v1::JobStatus& job, v1::JobState to, const std::string& text) {
@@ -251,7 +247,7 @@ TEST(FailoverTest, LosingACloudMidRunTheJobSucceedsOnTheOtherWithEverySampleOnce
   EXPECT_GT(done.last_recover_s(), 0) << done.DebugString();
   EXPECT_EQ(done.restarts(), 0u) << "the survivors restarted instead of going on";
   EXPECT_GT(done.progress().test_accuracy(), 0.6);
-  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
 }
 
 TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
@@ -274,7 +270,7 @@ TEST(FailoverTest, TheCoordinatorKilledMidRunTheJobCompletesWithItsHistory) {
     EXPECT_EQ(done.events(i).reason(), before.events(i).reason()) << "event " << i;
   }
   EXPECT_EQ(done.restarts(), 0u) << done.DebugString() << cluster.Logs();
-  ExpectEverySampleOnce(dir.Join("samples"), 300, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), 300, 32, 7));
 }
 
 TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
@@ -320,7 +316,66 @@ TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
     EXPECT_EQ(pool.state(), v1::POOL_STATE_DONE) << pool.DebugString();
   }
   EXPECT_EQ(done.restarts(), 0u);
-  ExpectEverySampleOnce(dir.Join("samples"), steps, 32, 7);
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
+}
+
+TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const uint64_t steps = 400;
+  const std::string job = cluster.Submit(OneCloudSpec(steps));
+  cluster.WaitFor("step 40", [&] {
+    const v1::JobStatus status = cluster.Job(job);
+    return status.state() == v1::JOB_STATE_RUNNING && status.progress().step() >= 40;
+  });
+  const grpc::Status migrate = cluster.Migrate(job, "cloud-b");
+  ASSERT_TRUE(migrate.ok()) << migrate.error_message() << cluster.Logs();
+
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  ASSERT_EQ(done.pools_size(), 1) << done.DebugString();
+  EXPECT_EQ(done.pools(0).cloud(), "cloud-b");
+  EXPECT_TRUE(HasEvent(done, v1::JOB_STATE_MIGRATING, "cloud-b")) << done.DebugString();
+  bool copied = false;
+  for (const v1::JobEvent& e : done.events()) {
+    copied |= e.reason().find("bytes") != std::string::npos;
+  }
+  EXPECT_TRUE(copied) << done.DebugString();
+  EXPECT_EQ(done.restarts(), 0u);
+  // The pool on cloud-a stopped after a checkpoint; cloud-b went on from it.
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
+}
+
+TEST(FailoverTest, ASecondCoordinatorOnTheSameStateIsRefusedAndTheFirstLosesNothing) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.WaitForClouds({"cloud-a"});
+  const std::string job = cluster.Submit(absl::StrFormat(R"(name: kept
+model: {arch: mlp}
+train: {max_steps: 5}
+pools:
+  - {cloud: cloud-a, workers: 1}
+)"));
+  ASSERT_FALSE(job.empty());
+  const v1::JobStatus before = cluster.Job(job);
+
+  testing::RunResult second = testing::RunTandem(
+      {"coordinator", "--state", cluster.state_dir(), "--listen", "127.0.0.1:0", "--insecure"});
+  EXPECT_EQ(second.exit_code, 1) << second.err;
+  EXPECT_NE(second.err.find("in use by another coordinator"), std::string::npos) << second.err;
+
+  const v1::JobStatus after = cluster.Job(job);
+  EXPECT_EQ(after.job_id(), job);
+  ASSERT_GE(after.events_size(), before.events_size());
+  for (int i = 0; i < before.events_size(); ++i) {
+    EXPECT_EQ(after.events(i).reason(), before.events(i).reason());
+  }
 }
 
 }  // namespace

@@ -25,6 +25,10 @@ class BackgroundTandem {
 
   // Sends `signal` to the whole process group.
   void SignalGroup(int signal);
+  // Sends `signal` to the process and every descendant (mpirun puts each
+  // rank in a process group of its own, so a group signal misses them). The
+  // tree is collected first, so a SIGKILL reaches children being orphaned.
+  void SignalTree(int signal);
   // Waits for the process to exit; its exit code (128 + signal if killed),
   // or nullopt if it is still running after `timeout`.
   std::optional<int> Wait(std::chrono::milliseconds timeout);
@@ -37,6 +41,9 @@ class BackgroundTandem {
   std::optional<int> exit_code_;
   std::string log_path_;
 };
+
+// `root` and its descendants, from /proc.
+std::vector<pid_t> ProcessTree(pid_t root);
 
 // A TCP port on 127.0.0.1 that nothing listens on right now.
 int FreeLoopbackPort();

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "tandem/v1/checkpoint.grpc.pb.h"
 
 namespace tandem {
@@ -312,6 +313,31 @@ TEST_F(TlsTest, BadFilesAreNamed) {
   channel = ChannelCredentials(dir_);
   EXPECT_EQ(channel.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(channel.status().message(), HasSubstr("does not verify against CA"));
+}
+
+// The first server is any gRPC server (SO_REUSEPORT set, gRPC's default);
+// a tandem server on its port must fail to start rather than share the port
+// and split its connections.
+TEST(ListenExclusivelyTest, ServerOnAPortAnotherServerHoldsDoesNotStart) {
+  v1::CheckpointReplication::Service first_service;
+  grpc::ServerBuilder first_builder;
+  int port = 0;
+  first_builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  first_builder.RegisterService(&first_service);
+  std::unique_ptr<grpc::Server> first = first_builder.BuildAndStart();
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(port, 0);
+
+  v1::CheckpointReplication::Service second_service;
+  grpc::ServerBuilder second_builder;
+  ListenExclusively(second_builder);
+  int second_port = 0;
+  second_builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),
+                                  grpc::InsecureServerCredentials(), &second_port);
+  second_builder.RegisterService(&second_service);
+  std::unique_ptr<grpc::Server> second = second_builder.BuildAndStart();
+  EXPECT_TRUE(second == nullptr || second_port == 0);
+  first->Shutdown();
 }
 
 }  // namespace

@@ -105,6 +105,7 @@ TEST(JobSpecTest, FillsDefaults) {
   const v1::ExchangeSpec& exchange = spec->exchange();
   EXPECT_EQ(exchange.codec(), v1::CODEC_KIND_NONE);
   EXPECT_EQ(exchange.rank(), 4u);
+  EXPECT_EQ(exchange.factors(), v1::FACTOR_PRECISION_FP32);
   EXPECT_DOUBLE_EQ(exchange.topk_ratio(), 0.01);
   EXPECT_EQ(exchange.streams(), 4u);
   EXPECT_EQ(exchange.mode(), v1::EXCHANGE_MODE_SYNC);
@@ -314,6 +315,8 @@ TEST(JobSpecTest, RejectsValueOutsideEnum) {
                 "must be one of sgd, adam; got \"SGD\"");
   ExpectInvalid(absl::StrCat(kMinimal, "exchange: {mode: async}\n"), "exchange.mode",
                 "must be one of sync, delayed; got \"async\"");
+  ExpectInvalid(absl::StrCat(kMinimal, "exchange: {factors: bf16}\n"), "exchange.factors",
+                "must be one of fp32, fp16, int8; got \"bf16\"");
   ExpectInvalid(absl::StrCat(kMinimal, "placement: anywhere\n"), "placement",
                 "must be one of explicit, any; got \"anywhere\"");
   ExpectInvalid(absl::StrCat(kMinimal, "data: {dataset: mnist}\n"), "data.dataset",

@@ -56,7 +56,7 @@ class Int8Codec final : public Codec {
       }
       std::memcpy(scales + c * sizeof(float), &scale, sizeof scale);
       for (size_t i = begin; i < begin + len; ++i) {
-        const int8_t q = Quantize(x[i] * inv);
+        const int8_t q = QuantizeInt8(x[i] * inv);
         codes[i] = q;
         x[i] -= Dequantize(q, scale);
       }
@@ -96,16 +96,6 @@ class Int8Codec final : public Codec {
 
  private:
   static size_t Chunks(size_t n) { return (n + kInt8Chunk - 1) / kInt8Chunk; }
-
-  // Round half to even of v (|v| <= 127 after the clamp) by adding 1.5 * 2^23:
-  // exact in the default rounding mode, and branch-free so it vectorizes. A
-  // NaN passes the clamp and yields some code; its chunk's scale is NaN.
-  static int8_t Quantize(float v) {
-    v = v < -127.0f ? -127.0f : v;
-    v = v > 127.0f ? 127.0f : v;
-    const uint32_t bits = FloatBits(v + 12582912.0f) - 0x4b400000u;
-    return static_cast<int8_t>(static_cast<uint8_t>(bits));
-  }
 
   static float Dequantize(int8_t q, float scale) { return static_cast<float>(q) * scale; }
 

@@ -17,12 +17,22 @@
 // (numerically) dependent on the previous ones becomes zero; one from a
 // gradient with an infinity or NaN becomes NaN, so decoding shows it.
 //
-// Factors travel as fp32: they are already r (rows + cols) / (rows * cols) of
-// the matrix, and fp16 would lose gradients below 2^-24.
+// Factors travel as fp32 by default (exchange.factors). fp16 and int8 send
+// each factor column (r per matrix in P, r in Q) as one fp32 scale, its
+// largest magnitude, and the column divided by it: fp16 (11 significant bits
+// relative to the scale; 2x fewer bytes) or int8 (round half to even of
+// 127 x, 4x fewer). What every party uses is the decoded factor, so all agree
+// bit for bit, and the residual is taken against the decoded Q, so error
+// feedback also carries the rounding of Q to the next step. The rounding of
+// the round-1 P only moves the subspace (P is orthonormalized after the sum).
+// A column below 2^-100 is sent as zeros; one with an infinity or NaN gets a
+// NaN scale, so it decodes to NaN.
 //
-// Payload bodies, all fp32:
-//   complete (Encode):  P of every matrix [r, rows], Q of every matrix
-//                       [r, cols], then the uncompressed tensors
+// Payload bodies (factors as above, uncompressed tensors always fp32):
+//   complete (Encode):  P = M Q of every matrix [r, rows], not
+//                       orthonormalized (Decode does that, as every party does
+//                       with round 1's sum), Q of every matrix [r, cols], then
+//                       the uncompressed tensors
 //   round 1 (BeginStep): P = M Q of every matrix, not orthonormalized
 //   round 2 (NextRound): Q_i = M_i^T P of every matrix, then the uncompressed
 //                        tensors of this party
@@ -89,10 +99,15 @@ void AddFloats(const char* src, size_t count, float* dst) {
 class PowerSgdCodec final : public Codec {
  public:
   PowerSgdCodec(const std::vector<std::vector<int64_t>>& shapes, size_t n, uint32_t rank,
-                uint64_t seed)
-      : Codec(n), rank_(rank), error_(n, 0.0f), x_(n, 0.0f) {
+                v1::FactorPrecision factors, uint64_t seed)
+      : Codec(n),
+        rank_(rank),
+        factors_(factors == v1::FACTOR_PRECISION_UNSPECIFIED ? v1::FACTOR_PRECISION_FP32 : factors),
+        error_(n, 0.0f),
+        x_(n, 0.0f) {
     Fingerprint fingerprint;
     fingerprint.Add(rank);
+    fingerprint.Add(static_cast<uint64_t>(factors_));
     fingerprint.Add(shapes.size());
     size_t offset = 0;
     for (const std::vector<int64_t>& shape : shapes) {
@@ -120,6 +135,12 @@ class PowerSgdCodec final : public Codec {
       offset += numel;
     }
     config_ = fingerprint.value();
+    for (const Matrix& m : matrices_) {
+      for (size_t k = 0; k < rank_; ++k) {
+        p_columns_.push_back({m.p_offset + k * m.rows, m.rows});
+        q_columns_.push_back({m.q_offset + k * m.cols, m.cols});
+      }
+    }
 
     uint64_t state = seed;
     q_init_.resize(q_size_);
@@ -137,13 +158,17 @@ class PowerSgdCodec final : public Codec {
   absl::Status EncodeImpl(const float* grad, std::string* payload) override {
     Compensate(grad);
     ComputeP();
-    for (const Matrix& m : matrices_) Orthonormalize(p_.data() + m.p_offset, m.rows);
-    ComputeQ();
     char* body = StartPayload(header(PayloadRole::kComplete),
-                              (p_size_ + q_size_ + raw_size_) * sizeof(float), payload);
-    std::memcpy(body, p_.data(), p_size_ * sizeof(float));
-    std::memcpy(body + p_size_ * sizeof(float), q_new_.data(), q_size_ * sizeof(float));
-    WriteRaw(x_.data(), body + (p_size_ + q_size_) * sizeof(float));
+                              PBytes() + QBytes() + raw_size_ * sizeof(float), payload);
+    // As one party's multi-party step: P as sent, orthonormalized on both
+    // sides; Q from that P; the residual against the decoded Q.
+    WriteFactors(p_.data(), p_columns_, body);
+    ReadFactors(body, p_columns_, p_.data());
+    OrthonormalizeAll(p_.data(), &work_);
+    ComputeQ();
+    WriteFactors(q_new_.data(), q_columns_, body + PBytes());
+    ReadFactors(body + PBytes(), q_columns_, q_new_.data());
+    WriteRaw(x_.data(), body + PBytes() + QBytes());
     UpdateError();
     SetWarmStart();
     return absl::OkStatus();
@@ -153,13 +178,18 @@ class PowerSgdCodec final : public Codec {
     if (absl::Status s = CheckSize(n, size()); !s.ok()) return s;
     absl::StatusOr<absl::string_view> body = ParseHeader(payload, header(PayloadRole::kComplete));
     if (!body.ok()) return body.status();
-    if (absl::Status s = CheckBody(*body, p_size_ + q_size_ + raw_size_); !s.ok()) return s;
+    if (absl::Status s = CheckBody(*body, PBytes() + QBytes() + raw_size_ * sizeof(float));
+        !s.ok()) {
+      return s;
+    }
     std::vector<float> p(p_size_);
     std::vector<float> q(q_size_);
-    std::memcpy(p.data(), body->data(), p_size_ * sizeof(float));
-    std::memcpy(q.data(), body->data() + p_size_ * sizeof(float), q_size_ * sizeof(float));
+    ReadFactors(body->data(), p_columns_, p.data());
+    std::vector<double> work;
+    OrthonormalizeAll(p.data(), &work);
+    ReadFactors(body->data() + PBytes(), q_columns_, q.data());
     Reconstruct(p.data(), q.data(), out);
-    ReadRaw(body->data() + (p_size_ + q_size_) * sizeof(float), out);
+    ReadRaw(body->data() + PBytes() + QBytes(), out);
     return absl::OkStatus();
   }
 
@@ -168,8 +198,8 @@ class PowerSgdCodec final : public Codec {
     AbortStep();
     Compensate(grad);
     ComputeP();
-    char* body = StartPayload(header(PayloadRole::kPowerSgdP), p_size_ * sizeof(float), payload);
-    std::memcpy(body, p_.data(), p_size_ * sizeof(float));
+    char* body = StartPayload(header(PayloadRole::kPowerSgdP), PBytes(), payload);
+    WriteFactors(p_.data(), p_columns_, body);
     round_ = 1;
     return absl::OkStatus();
   }
@@ -177,16 +207,16 @@ class PowerSgdCodec final : public Codec {
   absl::Status NextRound(absl::Span<const std::string> payloads, std::string* payload) override {
     if (round_ != 1) return absl::FailedPreconditionError("powersgd NextRound without BeginStep");
     absl::StatusOr<std::vector<absl::string_view>> bodies =
-        Bodies(payloads, PayloadRole::kPowerSgdP, p_size_);
+        Bodies(payloads, PayloadRole::kPowerSgdP, PBytes());
     if (!bodies.ok()) return bodies.status();
-    std::memcpy(p_.data(), (*bodies)[0].data(), p_size_ * sizeof(float));
-    for (size_t i = 1; i < bodies->size(); ++i) AddFloats((*bodies)[i].data(), p_size_, p_.data());
-    for (const Matrix& m : matrices_) Orthonormalize(p_.data() + m.p_offset, m.rows);
+    SumFactors(*bodies, p_columns_, p_size_, p_.data());
+    OrthonormalizeAll(p_.data(), &work_);
     ComputeQ();
-    char* body = StartPayload(header(PayloadRole::kPowerSgdQ),
-                              (q_size_ + raw_size_) * sizeof(float), payload);
-    std::memcpy(body, q_new_.data(), q_size_ * sizeof(float));
-    WriteRaw(x_.data(), body + q_size_ * sizeof(float));
+    char* body = StartPayload(header(PayloadRole::kPowerSgdQ), QBytes() + raw_size_ * sizeof(float),
+                              payload);
+    WriteFactors(q_new_.data(), q_columns_, body);
+    ReadFactors(body, q_columns_, q_new_.data());  // the residual is against what others get
+    WriteRaw(x_.data(), body + QBytes());
     SaveResidual();
     UpdateError();
     round_ = 2;
@@ -199,15 +229,13 @@ class PowerSgdCodec final : public Codec {
     }
     if (absl::Status s = CheckSize(n, size()); !s.ok()) return s;
     absl::StatusOr<std::vector<absl::string_view>> bodies =
-        Bodies(payloads, PayloadRole::kPowerSgdQ, q_size_ + raw_size_);
+        Bodies(payloads, PayloadRole::kPowerSgdQ, QBytes() + raw_size_ * sizeof(float));
     if (!bodies.ok()) return bodies.status();
-    const char* first = (*bodies)[0].data();
-    std::memcpy(q_new_.data(), first, q_size_ * sizeof(float));
-    ReadRaw(first + q_size_ * sizeof(float), out);
+    SumFactors(*bodies, q_columns_, q_size_, q_new_.data());
+    ReadRaw((*bodies)[0].data() + QBytes(), out);
     for (size_t i = 1; i < bodies->size(); ++i) {
       const char* body = (*bodies)[i].data();
-      AddFloats(body, q_size_, q_new_.data());
-      size_t at = q_size_ * sizeof(float);
+      size_t at = QBytes();
       for (const Segment& s : raw_) {
         AddFloats(body + at, s.length, out + s.offset);
         at += s.length * sizeof(float);
@@ -253,20 +281,125 @@ class PowerSgdCodec final : public Codec {
  private:
   Header header(PayloadRole role) const { return {v1::CODEC_KIND_POWERSGD, role, size(), config_}; }
 
-  static absl::Status CheckBody(absl::string_view body, size_t floats) {
-    if (body.size() == floats * sizeof(float)) return absl::OkStatus();
-    return absl::DataLossError(absl::StrCat("powersgd payload body has ", body.size(),
-                                            " bytes, expected ", floats * sizeof(float)));
+  static absl::Status CheckBody(absl::string_view body, size_t bytes) {
+    if (body.size() == bytes) return absl::OkStatus();
+    return absl::DataLossError(
+        absl::StrCat("powersgd payload body has ", body.size(), " bytes, expected ", bytes));
+  }
+
+  // Bytes of one value of a factor on the wire.
+  size_t ValueBytes() const {
+    switch (factors_) {
+      case v1::FACTOR_PRECISION_FP16:
+        return sizeof(uint16_t);
+      case v1::FACTOR_PRECISION_INT8:
+        return sizeof(int8_t);
+      default:
+        return sizeof(float);
+    }
+  }
+
+  // Bytes of factors of `values` values in `columns` columns on the wire.
+  size_t FactorBytes(size_t values, size_t columns) const {
+    if (factors_ == v1::FACTOR_PRECISION_FP32) return values * sizeof(float);
+    return columns * sizeof(float) + values * ValueBytes();
+  }
+  size_t PBytes() const { return FactorBytes(p_size_, p_columns_.size()); }
+  size_t QBytes() const { return FactorBytes(q_size_, q_columns_.size()); }
+
+  // Writes the factor columns of `from` (which tile it in order) to `to`.
+  void WriteFactors(const float* from, const std::vector<Segment>& columns, char* to) const {
+    if (factors_ == v1::FACTOR_PRECISION_FP32) {
+      if (!columns.empty()) {
+        const Segment& last = columns.back();
+        std::memcpy(to, from, (last.offset + last.length) * sizeof(float));
+      }
+      return;
+    }
+    for (const Segment& c : columns) {
+      const float* v = from + c.offset;
+      uint32_t max_bits = 0;  // of |v|: integer order, NaN above infinity
+      for (size_t i = 0; i < c.length; ++i) {
+        max_bits = std::max(max_bits, FloatBits(v[i]) & 0x7fffffff);
+      }
+      // Below 2^-100 a column is sent as zeros (its Q part stays in the residual).
+      float scale = BitsFloat(max_bits);
+      float inv = 0.0f;
+      if (max_bits >= 0x7f800000) {
+        scale = std::numeric_limits<float>::quiet_NaN();
+      } else if (scale >= 0x1p-100f) {
+        inv = 1.0f / scale;
+      } else {
+        scale = 0.0f;
+      }
+      std::memcpy(to, &scale, sizeof scale);
+      to += sizeof scale;
+      if (factors_ == v1::FACTOR_PRECISION_FP16) {
+        for (size_t i = 0; i < c.length; ++i) {
+          const uint16_t h = FloatToHalf(v[i] * inv);
+          std::memcpy(to + i * sizeof h, &h, sizeof h);
+        }
+        to += c.length * sizeof(uint16_t);
+      } else {
+        inv *= 127.0f;
+        for (size_t i = 0; i < c.length; ++i) {
+          to[i] = static_cast<char>(QuantizeInt8(v[i] * inv));
+        }
+        to += c.length;
+      }
+    }
+  }
+
+  // Decodes what WriteFactors wrote into `to`.
+  void ReadFactors(const char* from, const std::vector<Segment>& columns, float* to) const {
+    if (factors_ == v1::FACTOR_PRECISION_FP32) {
+      if (!columns.empty()) {
+        const Segment& last = columns.back();
+        std::memcpy(to, from, (last.offset + last.length) * sizeof(float));
+      }
+      return;
+    }
+    for (const Segment& c : columns) {
+      float scale;
+      std::memcpy(&scale, from, sizeof scale);
+      from += sizeof scale;
+      float* v = to + c.offset;
+      if (factors_ == v1::FACTOR_PRECISION_FP16) {
+        for (size_t i = 0; i < c.length; ++i) {
+          uint16_t h;
+          std::memcpy(&h, from + i * sizeof h, sizeof h);
+          v[i] = HalfToFloat(h) * scale;
+        }
+        from += c.length * sizeof(uint16_t);
+      } else {
+        const float step = scale / 127.0f;
+        for (size_t i = 0; i < c.length; ++i) {
+          v[i] = static_cast<float>(static_cast<int8_t>(from[i])) * step;
+        }
+        from += c.length;
+      }
+    }
+  }
+
+  // to = the sum of every party's decoded factors, added in party order.
+  void SumFactors(absl::Span<const absl::string_view> bodies, const std::vector<Segment>& columns,
+                  size_t values, float* to) {
+    ReadFactors(bodies[0].data(), columns, to);
+    factor_scratch_.resize(values);
+    for (size_t i = 1; i < bodies.size(); ++i) {
+      ReadFactors(bodies[i].data(), columns, factor_scratch_.data());
+      for (size_t j = 0; j < values; ++j) to[j] += factor_scratch_[j];
+    }
   }
 
   // The bodies of every party's payload, all checked before any is used.
   absl::StatusOr<std::vector<absl::string_view>> Bodies(absl::Span<const std::string> payloads,
-                                                        PayloadRole role, size_t floats) const {
+                                                        PayloadRole role, size_t bytes) const {
     if (payloads.empty()) return absl::InvalidArgumentError("powersgd needs every party's payload");
     std::vector<absl::string_view> bodies;
     for (size_t i = 0; i < payloads.size(); ++i) {
       absl::StatusOr<absl::string_view> body = ParseHeader(payloads[i], header(role));
-      absl::Status s = body.ok() ? CheckBody(*body, floats) : body.status();
+      absl::Status s = body.ok() ? CheckBody(*body, bytes) : body.status();
       if (!s.ok()) return absl::Status(s.code(), absl::StrCat("party ", i, ": ", s.message()));
       bodies.push_back(*body);
     }
@@ -326,10 +459,15 @@ class PowerSgdCodec final : public Codec {
     }
   }
 
+  // The P factors of every matrix made orthonormal.
+  void OrthonormalizeAll(float* p_all, std::vector<double>* work) const {
+    for (const Matrix& m : matrices_) Orthonormalize(p_all + m.p_offset, m.rows, work);
+  }
+
   // The r columns of one matrix's P (each `rows` long) made orthonormal.
-  void Orthonormalize(float* p, size_t rows) {
-    work_.resize(rows);
-    double* v = work_.data();
+  void Orthonormalize(float* p, size_t rows, std::vector<double>* work) const {
+    work->resize(rows);
+    double* v = work->data();
     for (size_t k = 0; k < rank_; ++k) {
       float* column = p + k * rows;
       double norm0 = 0;
@@ -405,7 +543,11 @@ class PowerSgdCodec final : public Codec {
   }
 
   const size_t rank_;
+  const v1::FactorPrecision factors_;  // never UNSPECIFIED
   std::vector<Matrix> matrices_;
+  // Each factor column (of `rows` in P, `cols` in Q), matrix by matrix.
+  std::vector<Segment> p_columns_;
+  std::vector<Segment> q_columns_;
   std::vector<Segment> raw_;
   size_t p_size_ = 0;
   size_t q_size_ = 0;
@@ -420,13 +562,15 @@ class PowerSgdCodec final : public Codec {
   std::vector<float> p_;
   std::vector<float> q_new_;
   std::vector<double> work_;
+  std::vector<float> factor_scratch_;
 };
 
 }  // namespace
 
 std::unique_ptr<Codec> MakePowerSgdCodec(const std::vector<std::vector<int64_t>>& shapes, size_t n,
-                                         uint32_t rank, uint64_t seed) {
-  return std::make_unique<PowerSgdCodec>(shapes, n, rank, seed);
+                                         uint32_t rank, v1::FactorPrecision factors,
+                                         uint64_t seed) {
+  return std::make_unique<PowerSgdCodec>(shapes, n, rank, factors, seed);
 }
 
 }  // namespace tandem::codec_internal

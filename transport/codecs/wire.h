@@ -167,6 +167,16 @@ inline uint16_t FloatToBfloat16(float f) {
 
 inline float Bfloat16ToFloat(uint16_t b) { return BitsFloat(static_cast<uint32_t>(b) << 16); }
 
+// Round half to even of v clamped to [-127, 127], by adding 1.5 * 2^23: exact
+// in the default rounding mode, and branch-free so it vectorizes. A NaN passes
+// the clamp and yields some code; callers make its scale NaN.
+inline int8_t QuantizeInt8(float v) {
+  v = v < -127.0f ? -127.0f : v;
+  v = v > 127.0f ? 127.0f : v;
+  const uint32_t bits = FloatBits(v + 12582912.0f) - 0x4b400000u;
+  return static_cast<int8_t>(static_cast<uint8_t>(bits));
+}
+
 }  // namespace tandem::codec_internal
 
 #endif  // TANDEM_TRANSPORT_CODECS_WIRE_H_
