@@ -1,18 +1,17 @@
 #include "worker/trainer.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
-
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <iostream>
 #include <optional>
 #include <thread>
 
@@ -221,6 +220,8 @@ class Trainer {
   // exchange deadline, before the link and codec it uses go away.
   ~Trainer() {
     if (exchange_thread_.joinable()) exchange_thread_.join();
+    // The saver may still be copying members (the codec state) that go first.
+    if (saver_ != nullptr) saver_->WaitCopied();
   }
 
   absl::Status Run();
@@ -276,8 +277,13 @@ class Trainer {
   static uint64_t RoundOf(uint64_t step, int round) { return 2 + step * 4 + round; }
   absl::Status BroadcastState();
   // Rank 0: hands the state of this step to the store, on the saver's
-  // thread when checkpoint.async is set. Failures become warnings.
+  // thread when checkpoint.async is set. Failures become warnings. An async
+  // save copies the state on the saver's threads: until
+  // WaitForCheckpointCopy, the state (parameters, optimizer and codec state)
+  // must not change. The step loop waits after the next forward and backward
+  // pass, which read the parameters only.
   void SaveCheckpoint();
+  void WaitForCheckpointCopy();
   // Rank 0: reports saves that finished (after waiting for all, if `wait`).
   void ReportSaves(bool wait);
   void ReportSave(const AsyncSaver::Finished& finished);
@@ -297,15 +303,18 @@ class Trainer {
   std::unique_ptr<CheckpointStore> store_;  // rank 0 only
   std::unique_ptr<AsyncSaver> saver_;       // rank 0 only; destroyed before store_
   std::map<uint64_t, double> stall_ms_;     // training time each checkpoint cost
+  // The codec state of the checkpoint being copied, and its step.
+  CodecState checkpoint_codec_state_;
+  std::optional<uint64_t> copying_step_;
   uint64_t step_ = 0;
   uint64_t cursor_ = 0;
   uint64_t last_saved_step_ = UINT64_MAX;
   bool resumed_ = false;
   std::string init_digest_;  // of the --init parameters, named as in the file
   int pool_index_ = 0;
-  uint32_t rank_offset_ = 0;      // ranks of the pools before this one
-  std::unique_ptr<Codec> codec_;  // leader of a multi-pool job only
-  std::unique_ptr<Link> link_;    // leader, while several pools are active
+  uint32_t rank_offset_ = 0;           // ranks of the pools before this one
+  std::unique_ptr<Codec> codec_;       // leader of a multi-pool job only
+  std::unique_ptr<Link> link_;         // leader, while several pools are active
   uint64_t fp32_bytes_exchanged_ = 0;  // written by the exchange thread while it runs
 
   // Delayed mode. in_flight_ holds (numel + 1 floats, like grad_and_loss)
@@ -359,7 +368,7 @@ class Trainer {
   std::unique_ptr<PlanClient> plan_client_;  // leader, coordinator mode
   std::unique_ptr<grpc::Server> standby_;    // leader, alone in its plan
   std::unique_ptr<v1::GradientExchange::Service> standby_service_;
-  std::optional<v1::Plan> pending_plan_;     // leader
+  std::optional<v1::Plan> pending_plan_;  // leader
   bool joining_ = false;
   bool stopped_ = false;
   uint64_t wan_bytes_retired_ = 0;  // sent by links since replaced
@@ -539,6 +548,7 @@ absl::Status Trainer::RestoreCodecState(const Checkpoint& checkpoint) {
 // that lacks it (a cloud that joined, or lost its disk) receives the whole
 // state from the first pool that has it.
 absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
+  WaitForCheckpointCopy();  // the state may be replaced by a peer's
   const int64_t mine = *have_state ? static_cast<int64_t>(step_) : -1;
   absl::StatusOr<std::vector<std::string>> steps =
       LeaderExchange(kRoundResume, std::string(reinterpret_cast<const char*>(&mine), 8));
@@ -686,10 +696,10 @@ absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
   if (plan_client_ == nullptr) return link_->Exchange(round, payload, ExchangeDeadline());
   const Clock::time_point start = Clock::now();
   while (true) {
-    const auto waited =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-    absl::StatusOr<std::vector<std::string>> all = link_->Exchange(
-        round, payload, std::max(std::chrono::milliseconds(1),
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    absl::StatusOr<std::vector<std::string>> all =
+        link_->Exchange(round, payload,
+                        std::max(std::chrono::milliseconds(1),
                                  std::min(kExchangeSlice, ExchangeDeadline() - waited)));
     if (all.ok()) return all;
     if (!absl::IsDeadlineExceeded(all.status()) && !absl::IsUnavailable(all.status())) {
@@ -744,9 +754,9 @@ absl::Status Trainer::AdoptPlan(const v1::Plan& plan) {
                                               spec_.pools(pool_index_).cloud(), plan.reason()));
   }
   if (plan.pools_size() > kMaxPools || plan.active_pools_size() == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "the coordinator sent a plan with %d pools, %d active", plan.pools_size(),
-        plan.active_pools_size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the coordinator sent a plan with %d pools, %d active", plan.pools_size(),
+                        plan.active_pools_size()));
   }
   if (plan.pools_size() > 0) {
     spec_.clear_pools();
@@ -807,9 +817,9 @@ absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
     if (!status.ok()) return status;
     StopLink();
     if (!Active(static_cast<uint32_t>(pool_index_))) {
-      return absl::AbortedError(absl::StrFormat(
-          "pool %s is no longer in the job's plan (generation %d): %s",
-          spec_.pools(pool_index_).cloud(), generation_, plan.reason()));
+      return absl::AbortedError(
+          absl::StrFormat("pool %s is no longer in the job's plan (generation %d): %s",
+                          spec_.pools(pool_index_).cloud(), generation_, plan.reason()));
     }
     Emit({{"event", "plan"},
           {"generation", generation_},
@@ -834,8 +844,8 @@ absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
       return status;
     }
     if (Clock::now() >= deadline) return status;
-    absl::StatusOr<v1::Plan> newer = AwaitPlanAfterLoss(
-        static_cast<uint32_t>(options_.exchange_timeout_ms));
+    absl::StatusOr<v1::Plan> newer =
+        AwaitPlanAfterLoss(static_cast<uint32_t>(options_.exchange_timeout_ms));
     if (!newer.ok()) return newer.status();
     plan = std::move(*newer);
   }
@@ -905,7 +915,8 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
     }
     if (plan->stop()) return AdoptPlan(*plan);
     bool in = false;
-    for (uint32_t pool : plan->active_pools()) in = in || pool == static_cast<uint32_t>(pool_index_);
+    for (uint32_t pool : plan->active_pools())
+      in = in || pool == static_cast<uint32_t>(pool_index_);
     if (!in) {
       absl::Status status = AdoptPlan(*plan);
       if (!status.ok()) return status;
@@ -931,9 +942,9 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
     }
     StopLink();
     Emit({{"event", "warning"},
-          {"message", absl::StrFormat("pool %s could not join at generation %d: %s",
-                                      spec_.pools(pool_index_).cloud(), generation_,
-                                      status.message())}});
+          {"message",
+           absl::StrFormat("pool %s could not join at generation %d: %s",
+                           spec_.pools(pool_index_).cloud(), generation_, status.message())}});
   }
   return absl::DeadlineExceededError(absl::StrFormat(
       "pool %s could not join the job within %d minutes", spec_.pools(pool_index_).cloud(),
@@ -996,8 +1007,7 @@ absl::Status Trainer::CheckCloudsAgree(uint64_t round, uint64_t applied) {
           "the parameters of pool %s differ from pool %s's after step %d: the clouds diverged "
           "(digests %s and %s)",
           spec_.pools(static_cast<int>(active_[pool])).cloud(), spec_.pools(pool_index_).cloud(),
-          applied,
-          (*all)[pool].substr(0, 16), digest.substr(0, 16)));
+          applied, (*all)[pool].substr(0, 16), digest.substr(0, 16)));
     }
   }
   return absl::OkStatus();
@@ -1078,6 +1088,7 @@ absl::Status Trainer::BroadcastState() {
 
 void Trainer::SaveCheckpoint() {
   if (comm_.rank() != 0 || last_saved_step_ == step_) return;
+  WaitForCheckpointCopy();  // the previous one's codec state is still read
   const Clock::time_point start = Clock::now();
   v1::CheckpointManifest manifest;
   manifest.set_job(spec_.name());
@@ -1098,9 +1109,9 @@ void Trainer::SaveCheckpoint() {
   std::vector<TensorView> views = Views(StateTensors(model_, *optimizer_));
   // The codec's error feedback differs from cloud to cloud; each cloud keeps
   // its own with its checkpoint.
-  CodecState codec_state;
-  if (codec_ != nullptr) codec_state = codec_->State();
-  for (const auto& [name, values] : codec_state) {
+  checkpoint_codec_state_.clear();
+  if (codec_ != nullptr) checkpoint_codec_state_ = codec_->State();
+  for (const auto& [name, values] : checkpoint_codec_state_) {
     views.push_back({name,
                      v1::DTYPE_FLOAT32,
                      {static_cast<int64_t>(values.size())},
@@ -1108,7 +1119,8 @@ void Trainer::SaveCheckpoint() {
                      values.size() * sizeof(float)});
   }
   if (saver_ != nullptr) {
-    saver_->Submit(std::move(manifest), views, spec_.checkpoint().keep());
+    saver_->Begin(std::move(manifest), views, spec_.checkpoint().keep());
+    copying_step_ = step_;
     stall_ms_[step_] = SecondsSince(start) * 1000;
     return;
   }
@@ -1118,9 +1130,20 @@ void Trainer::SaveCheckpoint() {
   ReportSave({step_, std::move(saved), SecondsSince(start)});
 }
 
+void Trainer::WaitForCheckpointCopy() {
+  if (!copying_step_.has_value()) return;
+  const Clock::time_point start = Clock::now();
+  saver_->WaitCopied();
+  stall_ms_[*copying_step_] += SecondsSince(start) * 1000;
+  copying_step_.reset();
+}
+
 void Trainer::ReportSaves(bool wait) {
   if (saver_ == nullptr) return;
-  if (wait) saver_->Wait();
+  if (wait) {
+    WaitForCheckpointCopy();
+    saver_->Wait();
+  }
   for (AsyncSaver::Finished& finished : saver_->TakeFinished()) ReportSave(finished);
 }
 
@@ -1342,6 +1365,8 @@ absl::Status Trainer::Run() {
     LogSamples(batch, begin, end);
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
+    // From here on the step changes the state (codec, optimizer).
+    WaitForCheckpointCopy();
     int64_t action = kProceed;
     if (delayed()) {
       // The previous step's exchange ran under this step's compute; its
@@ -1451,6 +1476,7 @@ absl::Status Trainer::Run() {
   }
   {
     // The last step's gradient is applied too (delayed mode's flush).
+    WaitForCheckpointCopy();
     const Clock::time_point flush_start = Clock::now();
     status = ApplyInFlight(&last_loss);
     if (!status.ok()) return status;
@@ -1498,8 +1524,9 @@ absl::Status Trainer::Run() {
     status = CheckCloudsAgree(RoundOf(step_, 0), step_);
     if (absl::IsAborted(status) && pending_plan_.has_value()) {
       Emit({{"event", "warning"},
-            {"message", "a peer was lost after the last step: the final digest check between "
-                        "clouds was skipped"}});
+            {"message",
+             "a peer was lost after the last step: the final digest check between "
+             "clouds was skipped"}});
     } else if (!status.ok()) {
       return status;
     }

@@ -95,6 +95,34 @@ TEST_F(AsyncSaverTest, CopiesEveryByteOfTensorsOfOddSizes) {
   }
 }
 
+// Begin leaves the copy to the saver; once WaitCopied returns, the caller's
+// state may change and the checkpoint still holds the state given to Begin.
+// (Were WaitCopied to return before the copy ends, the overwrite right after
+// it would land in the 64 MiB being copied.)
+TEST_F(AsyncSaverTest, BeginCopiesOnTheSaverAndWaitCopiedEndsTheCopy) {
+  AsyncSaver saver(store_.get());
+  std::string state;
+  saver.Begin(Manifest("job", 1), State(state, 'a', 64 << 20), 0);
+  saver.WaitCopied();
+  state.assign(state.size(), 'x');
+  saver.Begin(Manifest("job", 2), State(state, 'b', 64 << 20), 0);
+  saver.WaitCopied();
+  state.assign(state.size(), 'y');
+  saver.WaitCopied();  // nothing in copy: returns at once
+  saver.Wait();
+  std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
+  ASSERT_EQ(finished.size(), 2u);
+  for (const AsyncSaver::Finished& f : finished) {
+    ASSERT_TRUE(f.manifest.ok()) << f.manifest.status();
+  }
+  auto first = store_->Load("job", 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->tensors[0].bytes == std::string(64 << 20, 'a'));
+  auto second = store_->Load("job", 2);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->tensors[0].bytes == std::string(64 << 20, 'b'));
+}
+
 TEST_F(AsyncSaverTest, FailedSaveIsReportedAndLaterSavesGoOn) {
   AsyncSaver saver(store_.get());
   std::string state;
