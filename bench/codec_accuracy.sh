@@ -7,6 +7,10 @@
 #   --codecs "LIST"        two-pool runs, each CODEC or CODEC:KEY=VALUE[,KEY=VALUE]
 #                          with exchange keys (rank, factors, topk_ratio); default
 #                          "none fp16 bf16 int8 topk powersgd"
+#   --seed N               train.seed of every run (initial weights and data
+#                          order; default 1)
+#   --lr-schedule S        train.lr_schedule of every run (constant, cosine;
+#                          default constant)
 #   --eval-every N         train.eval_every_steps (accuracy along the run)
 #   --max-steps N          stop every run after N steps (for a quick check)
 #   --events-dir DIR       keep each run's events (DIR/RUN.events.jsonl, see
@@ -20,6 +24,8 @@ epochs=${2:-1}
 shift $(( $# < 2 ? $# : 2 ))
 codecs="none fp16 bf16 int8 topk powersgd"
 eval_every=0
+seed=1
+lr_schedule=constant
 max_steps=0
 events_dir=""
 baseline_file=""
@@ -27,6 +33,8 @@ fp32_per_step=""
 while [ $# -gt 0 ]; do
   case $1 in
     --codecs) codecs=$2 ;;
+    --seed) seed=$2 ;;
+    --lr-schedule) lr_schedule=$2 ;;
     --eval-every) eval_every=$2 ;;
     --max-steps) max_steps=$2 ;;
     --events-dir) events_dir=$2 ;;
@@ -47,7 +55,7 @@ spec() {  # spec NAME CODEC RANK FACTORS TOPK_RATIO POOLS...
   {
     echo "name: $name"
     echo "model: {arch: cnn}"
-    echo "train: {epochs: $epochs, global_batch: 128, optimizer: sgd, lr: 0.05, momentum: 0.9, seed: 1, eval_every_steps: $eval_every}"
+    echo "train: {epochs: $epochs, global_batch: 128, optimizer: sgd, lr: 0.05, momentum: 0.9, lr_schedule: $lr_schedule, seed: $seed, eval_every_steps: $eval_every}"
     echo "checkpoint: {every_steps: 0, keep: 1}"
     echo "exchange: {codec: $codec, rank: $rank, factors: $factors, topk_ratio: $topk_ratio, digest_every_steps: 50}"
     echo "pools:"

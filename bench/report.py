@@ -26,9 +26,12 @@ ORDER = [("checkpoint", H_CHECKPOINT), ("codec", H_CODEC), ("goodput", H_GOODPUT
 CURVES = [("one-pool", "one pool (2 ranks) fp32"), ("two-none", "two pools none (fp32)"),
           ("two-fp16", "two pools fp16"), ("two-bf16", "two pools bf16"),
           ("two-int8", "two pools int8"), ("two-topk", "two pools topk 1%"),
-          ("two-powersgd", "two pools powersgd r4")]
+          ("two-powersgd", "two pools powersgd r4"),
+          ("two-powersgd-rank-2-factors-fp16", "two pools powersgd r2 fp16 factors")]
 BAR_RUNS = [("two-none", "none (fp32)"), ("two-fp16", "fp16"), ("two-bf16", "bf16"),
             ("two-int8", "int8"), ("two-topk", "topk 1%"), ("two-powersgd", "powersgd r4"),
+            ("two-powersgd-rank-2-factors-fp16", "powersgd r2 fp16"),
+            ("two-powersgd-rank-4-factors-int8", "powersgd r4 int8"),
             ("two-powersgd-rank-2", "powersgd r2"), ("two-powersgd-rank-1", "powersgd r1"),
             ("two-topk-topk_ratio-0.003", "topk 0.3%")]
 
@@ -361,6 +364,9 @@ def accuracy_section(a, figures, out_dir):
     steps = base.get("steps", 0)
     epochs, long_epochs = a["epochs"], a["long_epochs"]
     m = re.search(r"--max-steps (\d+)", a["main"]["command"])
+    sched = re.search(r"--lr-schedule (\w+)", a["main"]["command"])
+    schedule = (" under a cosine learning-rate schedule (`train.lr_schedule: cosine`)"
+                if sched and sched.group(1) == "cosine" else "")
     size = (f"{m.group(1)} steps (runs stopped there by --max-steps)" if m else
             f"{epochs} epoch{'s' if epochs > 1 else ''} = {steps} steps")
 
@@ -401,7 +407,8 @@ def accuracy_section(a, figures, out_dir):
         long_verdict = "; " + verdict(rows_of(long), f"{long_epochs} epochs" if not capped else
                                       f"{capped.group(1)} steps of the {long_epochs}-epoch runs")
     else:
-        long_section = f"{long_epochs} epochs: not run (bench/run --max-steps caps every run).\n"
+        long_section = ("" if epochs >= long_epochs else
+                        f"{long_epochs} epochs: not run (bench/run --max-steps caps every run).\n")
         long_verdict = ""
     same = ""
     if base and none:
@@ -414,10 +421,18 @@ def accuracy_section(a, figures, out_dir):
                     f"{base.get('test_accuracy', 0):.4f} for one pool (their parameters agree up to "
                     "float summation order, see tests/integration/two_pools_test.cc).")
     runs_rel = os.path.relpath(runs, out_dir)
+    seeds = a.get("seeds") or []
+    if seeds:
+        seed_section = ("Other seeds (`train.seed`: other initial weights and data order), each "
+                        "against its own one-pool run:\n\n"
+                        + "\n\n".join(f"Command: `{rec['command']}` {when(rec)}\n\n{output(rec)}"
+                                      for rec in seeds) + "\n")
+    else:
+        seed_section = ""
     return f"""{H_ACCURACY}
 
 Command: `{a['main']['command']}` {when(a['main'])}
-The 421,642-parameter CNN, {size}, global batch 128, SGD lr 0.05 momentum 0.9, seed 1;
+The 421,642-parameter CNN, {size}, global batch 128, SGD lr 0.05 momentum 0.9{schedule}, seed 1;
 two pools of one rank each with mutual TLS on loopback, no WAN delay; topk ratio 0.01,
 powersgd rank 4; test accuracy measured every {a['eval_every']} steps (wall times include
 those evaluations).
@@ -433,20 +448,21 @@ The curves are the leader's `eval` events and its final `done` event (`tandem tr
 aggressive settings below. Plot data: `accuracy_vs_step.csv` and `wan_bytes_per_step.csv`
 next to the PNGs; every run's events and result: `{runs_rel}/` (not committed).
 
-Same job, more aggressive settings (the spec above with `exchange.rank` /
-`exchange.topk_ratio` changed, against the one-pool run above):
+Same job, more aggressive settings (the spec above with `exchange.rank`,
+`exchange.factors` (how PowerSGD's factors travel) or `exchange.topk_ratio` changed,
+against the one-pool run above):
 
 Command: `{a['variants']['command']}` {when(a['variants'])}
 
 {output(a['variants'])}
 
 {long_section}
-
+{seed_section}
 The issue's target (a codec at >= 100x fewer bytes within 0.5 points of the one-pool
 run after the same epochs): {verdict(one_epoch_rows, size)}{long_verdict}. {same}
 Bytes are what pool 0's leader wrote: frames, hellos, acknowledgements and the
-digest checks every 50 steps. The comparison with PyTorch DDP over gloo and
-benchmark 4 (step time against RTT) are not measured yet.
+digest checks every 50 steps. The comparison with PyTorch DDP over gloo is in
+"tandem against PyTorch DDP" below; benchmark 4 in "Step time against RTT".
 """
 
 

@@ -63,6 +63,10 @@ constexpr EnumName<v1::OptimizerKind> kOptimizers[] = {
     {"sgd", v1::OPTIMIZER_KIND_SGD},
     {"adam", v1::OPTIMIZER_KIND_ADAM},
 };
+constexpr EnumName<v1::LrSchedule> kLrSchedules[] = {
+    {"constant", v1::LR_SCHEDULE_CONSTANT},
+    {"cosine", v1::LR_SCHEDULE_COSINE},
+};
 constexpr EnumName<v1::CodecKind> kCodecs[] = {
     {"none", v1::CODEC_KIND_NONE}, {"fp16", v1::CODEC_KIND_FP16},
     {"bf16", v1::CODEC_KIND_BF16}, {"int8", v1::CODEC_KIND_INT8},
@@ -88,8 +92,9 @@ constexpr absl::string_view kTopKeys[] = {"name",       "model", "data",     "tr
 constexpr absl::string_view kModelKeys[] = {"arch"};
 constexpr absl::string_view kDataKeys[] = {"dataset", "path"};
 constexpr absl::string_view kTrainKeys[] = {
-    "epochs", "max_steps",        "global_batch", "optimizer",  "lr",       "momentum",
-    "seed",   "eval_every_steps", "adam_beta1",   "adam_beta2", "adam_eps", "weight_decay"};
+    "epochs",      "max_steps", "global_batch", "optimizer",        "lr",
+    "lr_schedule", "momentum",  "seed",         "eval_every_steps", "adam_beta1",
+    "adam_beta2",  "adam_eps",  "weight_decay"};
 constexpr absl::string_view kCheckpointKeys[] = {"every_steps", "keep", "async"};
 constexpr absl::string_view kPoolKeys[] = {"cloud", "workers"};
 constexpr absl::string_view kExchangeKeys[] = {"codec",   "rank", "factors",           "topk_ratio",
@@ -365,6 +370,7 @@ void SetDefaults(v1::JobSpec* spec) {
   train->set_adam_beta2(0.999);
   train->set_adam_eps(1e-8);
   train->set_weight_decay(0);
+  train->set_lr_schedule(v1::LR_SCHEDULE_CONSTANT);
 
   spec->mutable_checkpoint()->set_every_steps(100);
   spec->mutable_checkpoint()->set_keep(3);
@@ -432,6 +438,7 @@ absl::StatusOr<v1::JobSpec> MapJobSpec(const YAML::Node& root) {
   train.Uint64("max_steps", [t](uint64_t value) { t->set_max_steps(value); });
   train.Uint32("global_batch", [t](uint32_t value) { t->set_global_batch(value); });
   train.Enum("optimizer", kOptimizers, [t](v1::OptimizerKind value) { t->set_optimizer(value); });
+  train.Enum("lr_schedule", kLrSchedules, [t](v1::LrSchedule value) { t->set_lr_schedule(value); });
   train.Double("lr", [t](double value) { t->set_lr(value); });
   train.Double("momentum", [t](double value) { t->set_momentum(value); });
   train.Uint64("seed", [t](uint64_t value) { t->set_seed(value); });
@@ -623,6 +630,9 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
   checks.Add(CheckBetween("train.global_batch", train.global_batch(), 1, kMaxGlobalBatch));
   checks.Add(CheckEnum("train.optimizer", train.optimizer(), kOptimizers));
   checks.Add(CheckPositive("train.lr", train.lr()));
+  if (train.lr_schedule() != v1::LR_SCHEDULE_UNSPECIFIED) {
+    checks.Add(CheckEnum("train.lr_schedule", train.lr_schedule(), kLrSchedules));
+  }
   checks.Add(CheckDecay("train.momentum", train.momentum()));
   checks.Add(CheckDecay("train.adam_beta1", train.adam_beta1()));
   checks.Add(CheckDecay("train.adam_beta2", train.adam_beta2()));

@@ -15,6 +15,8 @@ class Sgd : public Optimizer {
         weight_decay_(train.weight_decay()),
         buffer_(at::zeros({n}, at::kFloat)) {}
 
+  void SetLr(double lr) override { lr_ = lr; }
+
   void Step(at::Tensor& params, const at::Tensor& grad) override {
     at::Tensor g = grad;
     if (weight_decay_ != 0) g = grad.add(params, weight_decay_);
@@ -49,6 +51,8 @@ class Adam : public Optimizer {
         exp_avg_sq_(at::zeros({n}, at::kFloat)),
         step_(at::zeros({1}, at::kLong)) {}
 
+  void SetLr(double lr) override { lr_ = lr; }
+
   void Step(at::Tensor& params, const at::Tensor& grad) override {
     at::Tensor g = grad;
     if (weight_decay_ != 0) g = grad.add(params, weight_decay_);
@@ -78,6 +82,12 @@ class Adam : public Optimizer {
 };
 
 }  // namespace
+
+double ScheduledLr(const v1::TrainSpec& train, uint64_t step, uint64_t total_steps) {
+  if (train.lr_schedule() != v1::LR_SCHEDULE_COSINE || total_steps == 0) return train.lr();
+  const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
+  return train.lr() * 0.5 * (1 + std::cos(M_PI * progress));
+}
 
 std::unique_ptr<Optimizer> MakeOptimizer(const v1::TrainSpec& train, int64_t num_params) {
   if (train.optimizer() == v1::OPTIMIZER_KIND_ADAM) {

@@ -17,9 +17,16 @@
 
 namespace tandem {
 
+// The learning rate of update `step` (0-based) of a run of `total_steps`
+// updates: train.lr, or under lr_schedule cosine
+// lr * (1 + cos(pi * step / total_steps)) / 2, from lr down towards 0.
+double ScheduledLr(const v1::TrainSpec& train, uint64_t step, uint64_t total_steps);
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
+  // The learning rate of the next Steps (train.lr until called).
+  virtual void SetLr(double lr) = 0;
   // params -= update(grad); both flat float tensors of the same length.
   virtual void Step(at::Tensor& params, const at::Tensor& grad) = 0;
   // The state by name ("momentum"; "exp_avg", "exp_avg_sq", "step"). The

@@ -307,6 +307,7 @@ class Trainer {
   CodecState checkpoint_codec_state_;
   std::optional<uint64_t> copying_step_;
   uint64_t step_ = 0;
+  uint64_t schedule_steps_ = 0;  // the learning-rate schedule's horizon
   uint64_t cursor_ = 0;
   uint64_t last_saved_step_ = UINT64_MAX;
   bool resumed_ = false;
@@ -325,6 +326,7 @@ class Trainer {
   at::Tensor in_flight_;
   bool has_in_flight_ = false;
   uint32_t in_flight_batch_ = 0;
+  uint64_t in_flight_step_ = 0;  // the step whose gradient is in flight
   std::thread exchange_thread_;
   absl::Status exchange_status_;
 
@@ -1018,6 +1020,7 @@ void Trainer::StartDelayedExchange(uint32_t batch_size) {
   in_flight_.copy_(model_.grad_and_loss);
   has_in_flight_ = true;
   in_flight_batch_ = batch_size;
+  in_flight_step_ = step_;
   if (comm_.rank() != 0 || link_ == nullptr) return;
   // Nothing is in flight when this is called, so the updates of steps
   // 0..step_-1 are applied: the digest check for step_ % K == 0 compares
@@ -1063,6 +1066,7 @@ absl::Status Trainer::ApplyInFlight(double* last_loss) {
   *last_loss = in_flight_.data_ptr<float>()[model_.numel] / in_flight_batch_;
   torch::NoGradGuard no_grad;
   at::Tensor grad = in_flight_.narrow(0, 0, model_.numel);
+  optimizer_->SetLr(ScheduledLr(spec_.train(), in_flight_step_, schedule_steps_));
   optimizer_->Step(model_.params, grad);
   return absl::OkStatus();
 }
@@ -1220,6 +1224,9 @@ absl::Status Trainer::Run() {
   absl::StatusOr<v1::JobSpec> spec = LoadSpec(options_.spec_path);
   if (!spec.ok()) return spec.status();
   spec_ = std::move(*spec);
+  // The learning-rate schedule spans the job as its spec says; --max-steps
+  // only stops this run early (so a run stopped and resumed is the same run).
+  const uint64_t spec_max_steps = spec_.train().max_steps();
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
   const v1::TrainSpec& train = spec_.train();
   pool_index_ = static_cast<int>(options_.pool_index);
@@ -1317,6 +1324,7 @@ absl::Status Trainer::Run() {
   }
 
   const uint64_t total_steps = sampler_->TotalSteps(train.epochs(), train.max_steps());
+  schedule_steps_ = sampler_->TotalSteps(train.epochs(), spec_max_steps);
   Emit({{"event", "start"},
         {"total_steps", total_steps},
         {"start_step", step_},
@@ -1417,6 +1425,7 @@ absl::Status Trainer::Run() {
       last_loss = model_.loss_slot() / batch_size;
       torch::NoGradGuard no_grad;
       at::Tensor grad = model_.grad();
+      optimizer_->SetLr(ScheduledLr(train, step_, schedule_steps_));
       optimizer_->Step(model_.params, grad);
     }
     ++step_;

@@ -114,12 +114,17 @@ TEST(TwoPoolsTest, EveryCodecTrainsAndCompressesAsExpected) {
 
 // Codec state (error feedback, PowerSGD's Q) is part of each cloud's
 // checkpoint: 20 + 20 steps give the bits of 40.
+// Under a cosine learning-rate schedule, which spans the job's epochs whatever
+// --max-steps stops a run at.
 TEST(TwoPoolsTest, ResumeWithACompressingCodecIsBitwiseIdentical) {
   for (const std::string codec : {"topk", "powersgd"}) {
     SCOPED_TRACE(codec);
     TempDir dir;
-    const std::string spec =
-        dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, codec, 10));
+    std::string yaml = SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, codec, 10);
+    const std::string seed = "seed: 3}";
+    ASSERT_NE(yaml.find(seed), std::string::npos);
+    yaml.replace(yaml.find(seed), seed.size(), "seed: 3, lr_schedule: cosine}");
+    const std::string spec = dir.Write("spec.yaml", yaml);
     Json whole = Train(dir, {spec, "--store", dir.Join("whole"), "--max-steps", "40"});
     Train(dir, {spec, "--store", dir.Join("split"), "--max-steps", "20"});
     Json resumed =
@@ -212,8 +217,8 @@ TEST(TwoPoolsTest, DelayedTwoCloudsMatchDelayedOnePool) {
   const std::string two = dir.Write(
       "two.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "none", 0, "delayed"));
   Train(dir, {one, "--store", dir.Join("one"), "--max-steps", "20"});
-  Json pair = Train(dir, {two, "--store", dir.Join("two"), "--max-steps", "20", "--wan-delay",
-                          "5", "--wan-rate", "100"});
+  Json pair = Train(dir, {two, "--store", dir.Join("two"), "--max-steps", "20", "--wan-delay", "5",
+                          "--wan-rate", "100"});
   EXPECT_EQ(pair["steps"], 20);
   std::vector<float> a = ModelFloats(dir.Join("one"), "two-mlp");
   std::vector<float> b = ModelFloats(dir.Join("two/cloud-a"), "two-mlp");

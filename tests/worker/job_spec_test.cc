@@ -99,6 +99,7 @@ TEST(JobSpecTest, FillsDefaults) {
   EXPECT_DOUBLE_EQ(train.adam_beta2(), 0.999);
   EXPECT_DOUBLE_EQ(train.adam_eps(), 1e-8);
   EXPECT_DOUBLE_EQ(train.weight_decay(), 0);
+  EXPECT_EQ(train.lr_schedule(), v1::LR_SCHEDULE_CONSTANT);
   EXPECT_EQ(spec->checkpoint().every_steps(), 100u);
   EXPECT_EQ(spec->checkpoint().keep(), 3u);
   EXPECT_TRUE(spec->checkpoint().async());
@@ -180,8 +181,8 @@ placement: any
 TEST(JobSpecTest, RejectsUnknownKeyAndListsKnownOnes) {
   ExpectInvalid(
       absl::StrCat(kMinimal, "train: {learning_rate: 0.1}\n"), "train.learning_rate",
-      "unknown key; known keys: epochs, max_steps, global_batch, optimizer, lr, momentum, "
-      "seed, eval_every_steps, adam_beta1, adam_beta2, adam_eps, weight_decay");
+      "unknown key; known keys: epochs, max_steps, global_batch, optimizer, lr, lr_schedule, "
+      "momentum, seed, eval_every_steps, adam_beta1, adam_beta2, adam_eps, weight_decay");
   ExpectInvalid(absl::StrCat(kMinimal, "trian: {}\n"), "trian", "unknown key; known keys: name,");
   ExpectInvalid(R"(
 name: tiny
@@ -315,6 +316,8 @@ TEST(JobSpecTest, RejectsValueOutsideEnum) {
                 "must be one of sgd, adam; got \"SGD\"");
   ExpectInvalid(absl::StrCat(kMinimal, "exchange: {mode: async}\n"), "exchange.mode",
                 "must be one of sync, delayed; got \"async\"");
+  ExpectInvalid(absl::StrCat(kMinimal, "train: {lr_schedule: step}\n"), "train.lr_schedule",
+                "must be one of constant, cosine; got \"step\"");
   ExpectInvalid(absl::StrCat(kMinimal, "exchange: {factors: bf16}\n"), "exchange.factors",
                 "must be one of fp32, fp16, int8; got \"bf16\"");
   ExpectInvalid(absl::StrCat(kMinimal, "placement: anywhere\n"), "placement",

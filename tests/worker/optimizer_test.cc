@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 namespace tandem {
 namespace {
 
@@ -41,6 +43,10 @@ double MaxDifference(const v1::TrainSpec& train) {
   }
   for (int step = 0; step < 6; ++step) {
     at::Tensor grad = torch::randn({1000});
+    // Under a schedule both change their learning rate before each step.
+    const double lr = ScheduledLr(train, step, 6);
+    optimizer->SetLr(lr);
+    reference->param_groups()[0].options().set_lr(lr);
     optimizer->Step(ours, grad);
     theirs.mutable_grad() = grad.clone();
     reference->step();
@@ -62,6 +68,33 @@ TEST(OptimizerTest, AdamMatchesTorch) {
 
 TEST(OptimizerTest, AdamWithWeightDecayMatchesTorch) {
   EXPECT_LT(MaxDifference(Spec(v1::OPTIMIZER_KIND_ADAM, 1e-2)), 1e-6);
+}
+
+TEST(OptimizerTest, SgdUnderACosineScheduleMatchesTorch) {
+  v1::TrainSpec train = Spec(v1::OPTIMIZER_KIND_SGD, 0);
+  train.set_lr_schedule(v1::LR_SCHEDULE_COSINE);
+  EXPECT_LT(MaxDifference(train), 1e-6);
+}
+
+TEST(OptimizerTest, AdamUnderACosineScheduleMatchesTorch) {
+  v1::TrainSpec train = Spec(v1::OPTIMIZER_KIND_ADAM, 0);
+  train.set_lr_schedule(v1::LR_SCHEDULE_COSINE);
+  EXPECT_LT(MaxDifference(train), 1e-6);
+}
+
+// PyTorch's CosineAnnealingLR with T_max = the run's steps and eta_min = 0.
+TEST(OptimizerTest, ScheduledLrFollowsTheSchedule) {
+  v1::TrainSpec train = Spec(v1::OPTIMIZER_KIND_SGD, 0);  // lr 0.05
+  EXPECT_DOUBLE_EQ(ScheduledLr(train, 0, 100), 0.05);
+  EXPECT_DOUBLE_EQ(ScheduledLr(train, 99, 100), 0.05);  // constant by default
+  train.set_lr_schedule(v1::LR_SCHEDULE_CONSTANT);
+  EXPECT_DOUBLE_EQ(ScheduledLr(train, 50, 100), 0.05);
+  train.set_lr_schedule(v1::LR_SCHEDULE_COSINE);
+  EXPECT_DOUBLE_EQ(ScheduledLr(train, 0, 100), 0.05);
+  EXPECT_NEAR(ScheduledLr(train, 25, 100), 0.05 * (1 + std::sqrt(0.5)) / 2, 1e-15);
+  EXPECT_NEAR(ScheduledLr(train, 50, 100), 0.025, 1e-15);
+  EXPECT_NEAR(ScheduledLr(train, 99, 100), 0.05 * (1 - std::cos(M_PI / 100)) / 2, 1e-15);
+  EXPECT_GT(ScheduledLr(train, 99, 100), 0);  // the last update still moves
 }
 
 TEST(OptimizerTest, StateIsLiveAndRestorable) {
