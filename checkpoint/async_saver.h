@@ -1,9 +1,12 @@
 // AsyncSaver: writes checkpoints on a background thread so that training
-// blocks only for the host copy of its state.
+// blocks at most for the host copy of its state, and with Begin not even for
+// that: the copy runs on the saver's threads while the caller does work that
+// leaves the state alone (a step's forward and backward pass), and the caller
+// waits for it only before it changes the state.
 //
-// At most one save is in flight: Submit waits for the previous save to finish,
-// then copies the state into staging buffers that the saver keeps from one
-// save to the next (so later copies touch no fresh pages) and returns. A save that fails leaves the
+// At most one save is in flight: Submit and Begin wait for the previous save
+// to finish. The state is copied into staging buffers that the saver keeps
+// from one save to the next (so later copies touch no fresh pages). A save that fails leaves the
 // store's previous checkpoint valid (the store commits atomically) and is reported through
 // TakeFinished; it never stops the caller. Submit, Wait and TakeFinished are called from one thread
 // (the training loop); the destructor waits for the save in flight. The store must outlive the
@@ -41,6 +44,16 @@ class AsyncSaver {
   void Submit(v1::CheckpointManifest manifest, const std::vector<TensorView>& tensors,
               uint32_t keep);
 
+  // Queues the save of `tensors`, copied on the saver's threads; returns as
+  // soon as a previous save has finished. The memory `tensors` point to must
+  // stay unchanged and alive until WaitCopied returns.
+  void Begin(v1::CheckpointManifest manifest, const std::vector<TensorView>& tensors,
+             uint32_t keep);
+
+  // Blocks until the state given to the last Begin is copied (at once if it
+  // is, or if there was none).
+  void WaitCopied();
+
   // Sizes the staging buffers for a state shaped like `tensors` and touches
   // their pages, so that the first Submit copies into warm memory instead of
   // faulting in a fresh copy of the whole state while training waits. Call it
@@ -57,9 +70,12 @@ class AsyncSaver {
   struct Job {
     v1::CheckpointManifest manifest;
     uint32_t keep;
+    std::vector<TensorView> source;  // the caller's state, to be copied
   };
 
   void Loop();
+  // staging_ = the bytes of `source`, split by bytes over kCopyThreads threads.
+  void CopyIntoStaging(const std::vector<TensorView>& source);
 
   CheckpointStore* store_;
   absl::Mutex mu_;
@@ -68,6 +84,7 @@ class AsyncSaver {
   // while no save is pending or running, read by the saver thread otherwise.
   std::vector<StoredTensor> staging_;
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool copying_ ABSL_GUARDED_BY(mu_) = false;  // a Begin's state is not copied yet
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;

@@ -79,6 +79,8 @@ constexpr uint64_t kBytesPerSync = 1 << 20;
 constexpr uint32_t kFullFlushInterval = 16;
 // Load and Verify read and hash chunks on this many threads.
 constexpr int kReadThreads = 2;
+// Save hashes chunks on this many threads while its own thread writes them.
+constexpr int kHashThreads = 2;
 constexpr size_t kStepsInMessage = 16;
 
 rocksdb::ColumnFamilyOptions ChunksCfOptions() {
@@ -149,36 +151,42 @@ struct ChunkSpan {
   size_t size;
 };
 
-// Hashes chunks in order on its own thread, so that Save writes chunk i while
-// later ones are being hashed. The destructor stops hashing and joins.
+// Hashes chunks on kHashThreads threads of its own, in about manifest order,
+// so that Save writes chunk i while later ones are being hashed. The
+// destructor stops hashing and joins.
 class ChunkHasher {
  public:
   explicit ChunkHasher(const std::vector<ChunkSpan>* spans)
-      : spans_(spans), digests_(spans->size()), thread_([this] { Run(); }) {}
+      : spans_(spans), digests_(spans->size()), done_(spans->size(), false) {
+    for (int t = 0; t < kHashThreads && static_cast<size_t>(t) < spans->size(); ++t) {
+      threads_[t].emplace([this] { Run(); });
+    }
+  }
   ~ChunkHasher() {
     stop_.store(true, std::memory_order_relaxed);
-    thread_.Join();
+    for (std::optional<ScopedThread>& t : threads_) t.reset();
   }
   ChunkHasher(const ChunkHasher&) = delete;
   ChunkHasher& operator=(const ChunkHasher&) = delete;
 
   // The SHA-256 of chunk `i`, waiting until it is known.
-  std::string Key(size_t i) {
+  Sha256Digest Digest(size_t i) {
     absl::MutexLock lock(&mu_);
-    while (hashed_ <= i) cv_.Wait(&mu_);
-    return std::string(reinterpret_cast<const char*>(digests_[i].data()), digests_[i].size());
+    while (!done_[i]) cv_.Wait(&mu_);
+    return digests_[i];
   }
 
  private:
   void Run() {
     Sha256 sha;
-    for (size_t i = 0; i < spans_->size() && !stop_.load(std::memory_order_relaxed); ++i) {
+    for (size_t i = next_.fetch_add(1);
+         i < spans_->size() && !stop_.load(std::memory_order_relaxed); i = next_.fetch_add(1)) {
       sha.Update((*spans_)[i].data, (*spans_)[i].size);
       const Sha256Digest digest = sha.Finish();
       absl::MutexLock lock(&mu_);
       digests_[i] = digest;
-      hashed_ = i + 1;
-      cv_.Signal();
+      done_[i] = true;
+      cv_.SignalAll();
     }
   }
 
@@ -186,10 +194,32 @@ class ChunkHasher {
   absl::Mutex mu_;
   absl::CondVar cv_;
   std::vector<Sha256Digest> digests_ ABSL_GUARDED_BY(mu_);
-  size_t hashed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<bool> done_ ABSL_GUARDED_BY(mu_);
+  std::atomic<size_t> next_{0};
   std::atomic<bool> stop_{false};
-  ScopedThread thread_;  // last: starts once the members above exist
+  std::optional<ScopedThread> threads_[kHashThreads];  // last: start once the members above exist
 };
+
+// The state digest of `m` from its chunk keys alone, where its format
+// computes the digest over pieces that are exactly its chunks (every chunk
+// but a tensor's last is kStateDigestPieceBytes); nullopt otherwise, when
+// only the bytes would give it.
+std::optional<std::string> DigestFromChunkKeys(const v1::CheckpointManifest& m) {
+  if (m.format_version() < 2) return std::nullopt;
+  StateDigestBuilder digest(m.format_version());
+  for (const v1::TensorRecord& t : m.tensors()) {
+    uint64_t bytes = 0;
+    for (const v1::ChunkRef& c : t.chunks()) bytes += c.size();
+    digest.BeginTensor(t.name(), bytes);
+    for (const v1::ChunkRef& c : t.chunks()) {
+      if (c.sha256().size() != kShaBytes || !digest.IsPiece(c.size())) return std::nullopt;
+      Sha256Digest key;
+      std::memcpy(key.data(), c.sha256().data(), key.size());
+      digest.AddPiece(key, c.size());
+    }
+  }
+  return digest.Finish();
+}
 
 }  // namespace
 
@@ -377,12 +407,16 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
       spans.push_back({data + offset, std::min(options_.chunk_bytes, t.bytes - offset)});
     }
   }
-  // Hashing is the expensive part, done twice over every byte: the state
-  // digest (one SHA-256 over everything, so it cannot be split) on one
-  // thread, the chunk keys on another, while this thread writes each chunk
-  // as soon as its key is known.
+  // Hashing is the expensive part: the chunk keys on helper threads, while
+  // this thread writes each chunk as soon as its key is known. With chunks of
+  // the state digest's piece size the keys give the state digest too;
+  // otherwise it takes a pass of its own, on one more thread.
+  const bool digest_from_keys = options_.chunk_bytes == kStateDigestPieceBytes;
   std::string state_digest;
-  ScopedThread digest_thread([&state_digest, &tensors] { state_digest = StateDigest(tensors); });
+  ScopedThread digest_thread([&state_digest, &tensors, digest_from_keys] {
+    if (!digest_from_keys) state_digest = StateDigest(tensors);
+  });
+  StateDigestBuilder digest(kManifestFormatVersion);
   ChunkHasher hasher(&spans);
 
   const std::string what = absl::StrFormat("committing checkpoint of job %s step %d", job, step);
@@ -393,14 +427,22 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   bool wrote = false;
   size_t next = 0;
   const rocksdb::ReadOptions read = store_internal::ChunkReadOptions();
+  // One batch, reused: a fresh multi-MiB buffer per chunk would fault in a
+  // copy of the state's worth of new pages.
+  size_t largest_chunk = 0;
+  for (const ChunkSpan& span : spans) largest_chunk = std::max(largest_chunk, span.size);
+  rocksdb::WriteBatch batch(largest_chunk + 2 * kShaBytes + sizeof(kPendingPrefix) + 64);
   for (const TensorView& t : tensors) {
     v1::TensorRecord* record = manifest.add_tensors();
     record->set_name(t.name);
     record->set_dtype(t.dtype);
     for (int64_t d : t.shape) record->add_shape(d);
+    if (digest_from_keys) digest.BeginTensor(t.name, t.bytes);
     for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes, ++next) {
       const rocksdb::Slice bytes(spans[next].data, spans[next].size);
-      std::string key = hasher.Key(next);
+      const Sha256Digest sha = hasher.Digest(next);
+      if (digest_from_keys) digest.AddPiece(sha, bytes.size());
+      std::string key(reinterpret_cast<const char*>(sha.data()), sha.size());
       v1::ChunkRef* ref = record->add_chunks();
       ref->set_sha256(key);
       ref->set_size(bytes.size());
@@ -422,7 +464,7 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
       // Outside the WAL (the bytes would be written twice), with its pending
       // marker in the same batch, hence in the same memtable and flush.
       const std::string marker = PendingKey(key);
-      rocksdb::WriteBatch batch(key.size() + marker.size() + bytes.size() + 64);
+      batch.Clear();
       batch.Put(chunks_cf(), key, bytes);
       batch.Put(chunks_cf(), marker, rocksdb::Slice());
       TANDEM_RETURN_IF_ERROR(WriteUnlogged(&batch, absl::StrCat(what, ": writing a chunk")));
@@ -434,6 +476,7 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   // The chunks are on disk before the manifest that references them commits.
   if (wrote) TANDEM_RETURN_IF_ERROR(FlushChunks(absl::StrCat(what, ": flushing its chunks")));
   digest_thread.Join();
+  if (digest_from_keys) state_digest = digest.Finish();
   manifest.set_format_version(kManifestFormatVersion);
   manifest.set_total_bytes(total_bytes);
   manifest.set_state_digest(state_digest);
@@ -819,6 +862,14 @@ absl::Status CheckpointStore::ReadChunks(const rocksdb::Snapshot* snapshot,
     }
   }
   if (first_failure.load() < items.size()) return failures[first_failure.load()];
+  // Every chunk matches its key, so the keys stand for the bytes.
+  const std::optional<std::string> digest = DigestFromChunkKeys(manifest);
+  if (digest.has_value() && *digest != manifest.state_digest()) {
+    return absl::DataLossError(absl::StrFormat(
+        "checkpoint of job %s at step %d in %s is damaged: its chunks give state digest %s..., "
+        "its manifest says \"%s\"",
+        manifest.job(), manifest.step(), dir_, digest->substr(0, 12), manifest.state_digest()));
+  }
   if (tensors != nullptr) {
     tensors->reserve(tensors->size() + loaded.size());
     for (StoredTensor& t : loaded) tensors->push_back(std::move(t));

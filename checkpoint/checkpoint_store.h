@@ -17,8 +17,10 @@
 // Open fails with a message that says the store is locked. Methods are
 // thread-safe; Save hashes on helper threads while it writes, and Load and
 // Verify read chunks on two threads. Every tensor chunk's SHA-256 is verified
-// on Load (and Verify, LoadLatestValid). After a write fails (e.g. the disk is
-// full) the store takes no more writes until reopened; reads go on.
+// on Load (and Verify, LoadLatestValid), and so is the manifest's state digest
+// where the chunk keys give it (format 2 with the default 4 MiB chunks; see
+// digest.h). After a write fails (e.g. the disk is full) the store takes no
+// more writes until reopened; reads go on.
 #ifndef TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 #define TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
 
@@ -193,9 +195,9 @@ class CheckpointStore {
   // Commits a manifest that another store's Save made, its chunks already
   // written with WriteChunks: checks that every chunk it names is present with
   // the recorded size and SHA-256 and that the tensors' bytes give its
-  // state_digest, then, in one synced WriteBatch, writes the manifest as given,
-  // moves the job's `latest` to it and applies Save's retention with `keep`
-  // (the committed checkpoint counts as the newest). Returns the manifest.
+  // state_digest (by the definition of its format_version, see digest.h), then, in one synced
+  // WriteBatch, writes the manifest as given, moves the job's `latest` to it and applies Save's
+  // retention with `keep` (the committed checkpoint counts as the newest). Returns the manifest.
   // FailedPrecondition naming the first missing chunk, or on a read-only store;
   // DataLoss for a chunk of the wrong size or hash, or a state digest that does
   // not match; InvalidArgument for a malformed manifest (bad job name, empty or

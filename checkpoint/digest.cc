@@ -2,13 +2,35 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "checkpoint/checkpoint_store.h"
 
 namespace tandem {
 namespace {
+
+// StateDigest hashes pieces on this many threads (the caller's and helpers).
+constexpr int kDigestThreads = 2;
+
+void LittleEndian64(uint64_t value, uint8_t out[8]) {
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<uint8_t>(value & 0xff);
+    value >>= 8;
+  }
+}
+
+void AddTensorHeader(Sha256& sha, absl::string_view name, uint64_t bytes) {
+  sha.Update(name.data(), name.size());
+  const uint8_t nul = 0;
+  sha.Update(&nul, 1);
+  uint8_t size_le[8];
+  LittleEndian64(bytes, size_le);
+  sha.Update(size_le, sizeof(size_le));
+}
 
 // EVP's SHA-256 fails only when OpenSSL cannot allocate or is broken; no
 // caller could recover, and a wrong digest would be worse than stopping.
@@ -64,21 +86,98 @@ std::string ToHex(const uint8_t* data, size_t bytes) {
 }
 
 std::string StateDigest(const std::vector<TensorView>& tensors) {
-  Sha256 sha;
+  struct Piece {
+    const uint8_t* data;
+    size_t bytes;
+  };
+  std::vector<Piece> pieces;
   for (const TensorView& t : tensors) {
-    sha.Update(t.name.data(), t.name.size());
-    const uint8_t nul = 0;
-    sha.Update(&nul, 1);
-    uint8_t size_le[8];
-    uint64_t size = t.bytes;
-    for (uint8_t& b : size_le) {
-      b = static_cast<uint8_t>(size & 0xff);
-      size >>= 8;
+    const auto* data = static_cast<const uint8_t*>(t.data);
+    for (size_t offset = 0; offset < t.bytes; offset += kStateDigestPieceBytes) {
+      pieces.push_back({data + offset, std::min(kStateDigestPieceBytes, t.bytes - offset)});
     }
-    sha.Update(size_le, sizeof(size_le));
-    sha.Update(t.data, t.bytes);
   }
-  return ToHex(sha.Finish());
+  std::vector<Sha256Digest> digests(pieces.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    Sha256 sha;
+    for (size_t i = next.fetch_add(1); i < pieces.size(); i = next.fetch_add(1)) {
+      sha.Update(pieces[i].data, pieces[i].bytes);
+      digests[i] = sha.Finish();
+    }
+  };
+  {
+    std::vector<std::thread> helpers;
+    for (int h = 1; h < kDigestThreads && static_cast<size_t>(h) < pieces.size(); ++h) {
+      helpers.emplace_back(work);
+    }
+    work();
+    for (std::thread& h : helpers) h.join();
+  }
+  StateDigestBuilder builder(2);
+  size_t next_piece = 0;
+  for (const TensorView& t : tensors) {
+    builder.BeginTensor(t.name, t.bytes);
+    for (size_t offset = 0; offset < t.bytes; offset += kStateDigestPieceBytes) {
+      builder.AddPiece(digests[next_piece], pieces[next_piece].bytes);
+      ++next_piece;
+    }
+  }
+  return builder.Finish();
 }
+
+std::string StateDigestV1(const std::vector<TensorView>& tensors) {
+  StateDigestBuilder builder(1);
+  for (const TensorView& t : tensors) {
+    builder.BeginTensor(t.name, t.bytes);
+    builder.AddBytes(t.data, t.bytes);
+  }
+  return builder.Finish();
+}
+
+StateDigestBuilder::StateDigestBuilder(uint32_t format_version) : format_version_(format_version) {}
+
+void StateDigestBuilder::BeginTensor(absl::string_view name, uint64_t bytes) {
+  AddTensorHeader(state_, name, bytes);
+  tensor_left_ = bytes;
+  piece_bytes_ = 0;
+}
+
+void StateDigestBuilder::AddBytes(const void* data, size_t bytes) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  tensor_left_ -= std::min<uint64_t>(bytes, tensor_left_);
+  if (format_version_ < 2) {
+    state_.Update(p, bytes);
+    return;
+  }
+  while (bytes > 0) {
+    const size_t n = std::min(bytes, kStateDigestPieceBytes - piece_bytes_);
+    piece_.Update(p, n);
+    piece_bytes_ += n;
+    p += n;
+    bytes -= n;
+    if (piece_bytes_ == kStateDigestPieceBytes) EndPiece();
+  }
+  if (tensor_left_ == 0 && piece_bytes_ > 0) EndPiece();
+}
+
+bool StateDigestBuilder::IsPiece(size_t bytes) const {
+  return format_version_ >= 2 && piece_bytes_ == 0 && bytes > 0 && bytes <= tensor_left_ &&
+         (bytes == kStateDigestPieceBytes || bytes == tensor_left_) &&
+         bytes <= kStateDigestPieceBytes;
+}
+
+void StateDigestBuilder::AddPiece(const Sha256Digest& digest, size_t bytes) {
+  state_.Update(digest.data(), digest.size());
+  tensor_left_ -= std::min<uint64_t>(bytes, tensor_left_);
+}
+
+void StateDigestBuilder::EndPiece() {
+  const Sha256Digest digest = piece_.Finish();
+  state_.Update(digest.data(), digest.size());
+  piece_bytes_ = 0;
+}
+
+std::string StateDigestBuilder::Finish() { return ToHex(state_.Finish()); }
 
 }  // namespace tandem

@@ -44,7 +44,9 @@ inline constexpr char kPendingPrefix[] = "tandem-pending/";
 // change so that an older build refuses a newer store instead of misreading
 // it. (Pending markers are compatible: an older build ignores them.)
 inline constexpr uint32_t kStoreFormatVersion = 1;
-inline constexpr uint32_t kManifestFormatVersion = 1;
+// Manifest format 2 changed only the state digest's definition (see
+// digest.h); this build reads, verifies and commits formats 1 and 2.
+inline constexpr uint32_t kManifestFormatVersion = 2;
 inline constexpr size_t kShaBytes = 32;
 inline constexpr size_t kStepDigits = 20;  // uint64 max has 20 decimal digits
 

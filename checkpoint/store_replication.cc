@@ -8,6 +8,7 @@
 #include <rocksdb/status.h>
 #include <rocksdb/write_batch.h>
 
+#include <cstring>
 #include <unordered_set>
 #include <utility>
 
@@ -139,19 +140,12 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::CommitManifest(
   // commit that makes the manifest reference it.
   absl::MutexLock lock(&save_mu_);
   const rocksdb::ReadOptions read = ChunkReadOptions();
-  Sha256 state;  // StateDigest's hash, over the stored bytes
+  // The state digest by the manifest's own format's definition.
+  StateDigestBuilder state(manifest.format_version());
   for (const v1::TensorRecord& t : manifest.tensors()) {
     uint64_t tensor_bytes = 0;
     for (const v1::ChunkRef& c : t.chunks()) tensor_bytes += c.size();
-    state.Update(t.name().data(), t.name().size());
-    const uint8_t nul = 0;
-    state.Update(&nul, 1);
-    uint8_t size_le[8];
-    for (uint8_t& b : size_le) {
-      b = static_cast<uint8_t>(tensor_bytes & 0xff);
-      tensor_bytes >>= 8;
-    }
-    state.Update(size_le, sizeof(size_le));
+    state.BeginTensor(t.name(), tensor_bytes);
     for (int i = 0; i < t.chunks_size(); ++i) {
       const v1::ChunkRef& ref = t.chunks(i);
       const std::string where = absl::StrFormat("tensor %s, chunk %d of %d (%s)", t.name(), i + 1,
@@ -172,10 +166,16 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::CommitManifest(
         return absl::DataLossError(absl::StrCat("cannot commit ", what, " in ", dir_, ": ", where,
                                                 " fails its SHA-256 check"));
       }
-      state.Update(value.data(), value.size());
+      if (state.IsPiece(value.size())) {
+        Sha256Digest key;
+        std::memcpy(key.data(), ref.sha256().data(), key.size());
+        state.AddPiece(key, value.size());
+      } else {
+        state.AddBytes(value.data(), value.size());
+      }
     }
   }
-  const std::string digest = ToHex(state.Finish());
+  const std::string digest = state.Finish();
   if (digest != manifest.state_digest()) {
     return absl::DataLossError(absl::StrCat(
         "cannot commit ", what, ": its tensors' bytes give state digest ", digest.substr(0, 12),

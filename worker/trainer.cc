@@ -220,6 +220,8 @@ class Trainer {
   // exchange deadline, before the link and codec it uses go away.
   ~Trainer() {
     if (exchange_thread_.joinable()) exchange_thread_.join();
+    // The saver may still be copying members (the codec state) that go first.
+    if (saver_ != nullptr) saver_->WaitCopied();
   }
 
   absl::Status Run();
@@ -275,8 +277,13 @@ class Trainer {
   static uint64_t RoundOf(uint64_t step, int round) { return 2 + step * 4 + round; }
   absl::Status BroadcastState();
   // Rank 0: hands the state of this step to the store, on the saver's
-  // thread when checkpoint.async is set. Failures become warnings.
+  // thread when checkpoint.async is set. Failures become warnings. An async
+  // save copies the state on the saver's threads: until
+  // WaitForCheckpointCopy, the state (parameters, optimizer and codec state)
+  // must not change. The step loop waits after the next forward and backward
+  // pass, which read the parameters only.
   void SaveCheckpoint();
+  void WaitForCheckpointCopy();
   // Rank 0: reports saves that finished (after waiting for all, if `wait`).
   void ReportSaves(bool wait);
   void ReportSave(const AsyncSaver::Finished& finished);
@@ -296,6 +303,9 @@ class Trainer {
   std::unique_ptr<CheckpointStore> store_;  // rank 0 only
   std::unique_ptr<AsyncSaver> saver_;       // rank 0 only; destroyed before store_
   std::map<uint64_t, double> stall_ms_;     // training time each checkpoint cost
+  // The codec state of the checkpoint being copied, and its step.
+  CodecState checkpoint_codec_state_;
+  std::optional<uint64_t> copying_step_;
   uint64_t step_ = 0;
   uint64_t schedule_steps_ = 0;  // the learning-rate schedule's horizon
   uint64_t cursor_ = 0;
@@ -540,6 +550,7 @@ absl::Status Trainer::RestoreCodecState(const Checkpoint& checkpoint) {
 // that lacks it (a cloud that joined, or lost its disk) receives the whole
 // state from the first pool that has it.
 absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
+  WaitForCheckpointCopy();  // the state may be replaced by a peer's
   const int64_t mine = *have_state ? static_cast<int64_t>(step_) : -1;
   absl::StatusOr<std::vector<std::string>> steps =
       LeaderExchange(kRoundResume, std::string(reinterpret_cast<const char*>(&mine), 8));
@@ -1081,6 +1092,7 @@ absl::Status Trainer::BroadcastState() {
 
 void Trainer::SaveCheckpoint() {
   if (comm_.rank() != 0 || last_saved_step_ == step_) return;
+  WaitForCheckpointCopy();  // the previous one's codec state is still read
   const Clock::time_point start = Clock::now();
   v1::CheckpointManifest manifest;
   manifest.set_job(spec_.name());
@@ -1101,9 +1113,9 @@ void Trainer::SaveCheckpoint() {
   std::vector<TensorView> views = Views(StateTensors(model_, *optimizer_));
   // The codec's error feedback differs from cloud to cloud; each cloud keeps
   // its own with its checkpoint.
-  CodecState codec_state;
-  if (codec_ != nullptr) codec_state = codec_->State();
-  for (const auto& [name, values] : codec_state) {
+  checkpoint_codec_state_.clear();
+  if (codec_ != nullptr) checkpoint_codec_state_ = codec_->State();
+  for (const auto& [name, values] : checkpoint_codec_state_) {
     views.push_back({name,
                      v1::DTYPE_FLOAT32,
                      {static_cast<int64_t>(values.size())},
@@ -1111,7 +1123,8 @@ void Trainer::SaveCheckpoint() {
                      values.size() * sizeof(float)});
   }
   if (saver_ != nullptr) {
-    saver_->Submit(std::move(manifest), views, spec_.checkpoint().keep());
+    saver_->Begin(std::move(manifest), views, spec_.checkpoint().keep());
+    copying_step_ = step_;
     stall_ms_[step_] = SecondsSince(start) * 1000;
     return;
   }
@@ -1121,9 +1134,20 @@ void Trainer::SaveCheckpoint() {
   ReportSave({step_, std::move(saved), SecondsSince(start)});
 }
 
+void Trainer::WaitForCheckpointCopy() {
+  if (!copying_step_.has_value()) return;
+  const Clock::time_point start = Clock::now();
+  saver_->WaitCopied();
+  stall_ms_[*copying_step_] += SecondsSince(start) * 1000;
+  copying_step_.reset();
+}
+
 void Trainer::ReportSaves(bool wait) {
   if (saver_ == nullptr) return;
-  if (wait) saver_->Wait();
+  if (wait) {
+    WaitForCheckpointCopy();
+    saver_->Wait();
+  }
   for (AsyncSaver::Finished& finished : saver_->TakeFinished()) ReportSave(finished);
 }
 
@@ -1349,6 +1373,8 @@ absl::Status Trainer::Run() {
     LogSamples(batch, begin, end);
     status = comm_.AllreduceSum(model_.grad_and_loss.data_ptr<float>(), model_.numel + 1);
     if (!status.ok()) return status;
+    // From here on the step changes the state (codec, optimizer).
+    WaitForCheckpointCopy();
     int64_t action = kProceed;
     if (delayed()) {
       // The previous step's exchange ran under this step's compute; its
@@ -1459,6 +1485,7 @@ absl::Status Trainer::Run() {
   }
   {
     // The last step's gradient is applied too (delayed mode's flush).
+    WaitForCheckpointCopy();
     const Clock::time_point flush_start = Clock::now();
     status = ApplyInFlight(&last_loss);
     if (!status.ok()) return status;

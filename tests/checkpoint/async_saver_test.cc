@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <iterator>
+#include <string>
+#include <vector>
 
 #include "checkpoint/digest.h"
 
@@ -60,6 +63,64 @@ TEST_F(AsyncSaverTest, SavesInOrderAndReportsEach) {
   EXPECT_EQ(latest->manifest.step(), 20u);
   EXPECT_EQ(latest->tensors[0].bytes, std::string(1 << 20, 'b'));
   EXPECT_EQ(latest->manifest.state_digest(), finished[1].manifest->state_digest());
+}
+
+// Submit splits its copy by bytes over threads; every tensor arrives whole,
+// whichever thread copied which part of it.
+TEST_F(AsyncSaverTest, CopiesEveryByteOfTensorsOfOddSizes) {
+  const size_t sizes[] = {1, (3 << 20) + 7, 0, 4095, (1 << 20) + 1};
+  std::vector<std::string> buffers;
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    std::string& b = buffers.emplace_back(sizes[i], '\0');
+    for (size_t k = 0; k < b.size(); ++k) b[k] = static_cast<char>(k * 31 + i);
+  }
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    views.push_back({"t" + std::to_string(i),
+                     v1::DTYPE_UINT8,
+                     {static_cast<int64_t>(sizes[i])},
+                     buffers[i].data(),
+                     sizes[i]});
+  }
+  const std::vector<std::string> want = buffers;
+  AsyncSaver saver(store_.get());
+  saver.Submit(Manifest("job", 1), views, 0);
+  for (std::string& b : buffers) b.assign(b.size(), 'z');
+  saver.Wait();
+  auto latest = store_->Load("job");
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  ASSERT_EQ(latest->tensors.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_TRUE(latest->tensors[i].bytes == want[i]) << "tensor " << i;
+  }
+}
+
+// Begin leaves the copy to the saver; once WaitCopied returns, the caller's
+// state may change and the checkpoint still holds the state given to Begin.
+// (Were WaitCopied to return before the copy ends, the overwrite right after
+// it would land in the 64 MiB being copied.)
+TEST_F(AsyncSaverTest, BeginCopiesOnTheSaverAndWaitCopiedEndsTheCopy) {
+  AsyncSaver saver(store_.get());
+  std::string state;
+  saver.Begin(Manifest("job", 1), State(state, 'a', 64 << 20), 0);
+  saver.WaitCopied();
+  state.assign(state.size(), 'x');
+  saver.Begin(Manifest("job", 2), State(state, 'b', 64 << 20), 0);
+  saver.WaitCopied();
+  state.assign(state.size(), 'y');
+  saver.WaitCopied();  // nothing in copy: returns at once
+  saver.Wait();
+  std::vector<AsyncSaver::Finished> finished = saver.TakeFinished();
+  ASSERT_EQ(finished.size(), 2u);
+  for (const AsyncSaver::Finished& f : finished) {
+    ASSERT_TRUE(f.manifest.ok()) << f.manifest.status();
+  }
+  auto first = store_->Load("job", 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->tensors[0].bytes == std::string(64 << 20, 'a'));
+  auto second = store_->Load("job", 2);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->tensors[0].bytes == std::string(64 << 20, 'b'));
 }
 
 TEST_F(AsyncSaverTest, FailedSaveIsReportedAndLaterSavesGoOn) {

@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/digest.h"
+#include "checkpoint/rocksdb_crc32c.h"
 #include "tests/support/byte_tensors.h"
 
 namespace tandem {
@@ -111,6 +112,46 @@ class CheckpointStoreTest : public ::testing::Test {
   std::string dir_;
 };
 
+}  // namespace
+}  // namespace tandem
+
+// RocksDB's function and, through --wrap, its original definition.
+namespace rocksdb::crc32c {
+uint32_t Extend(uint32_t crc, const char* data, size_t bytes);
+}  // namespace rocksdb::crc32c
+extern "C" uint32_t __real__ZN7rocksdb6crc32c6ExtendEjPKcm(uint32_t crc, const char* data,
+                                                           size_t bytes);
+
+namespace tandem {
+namespace {
+
+// RocksDB's CRC32C calls reach ours, which gives RocksDB's own results, so
+// files stay readable by stock RocksDB tools.
+TEST(RocksDbCrc32cTest, RocksDbCallsOursAndItMatchesRocksDbsOwn) {
+  // RFC 3720 B.4, as in RocksDB's crc32c_test.
+  char buf[32];
+  std::memset(buf, 0, sizeof(buf));
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, buf, sizeof(buf)), 0x8a9136aau);
+  std::memset(buf, 0xff, sizeof(buf));
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, buf, sizeof(buf)), 0x62a8ab43u);
+  for (int i = 0; i < 32; ++i) buf[i] = static_cast<char>(i);
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, buf, sizeof(buf)), 0x46dd794eu);
+
+  std::string data(5000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 2654435761u >> 13);
+  for (size_t offset : {0, 1, 3, 7, 8}) {
+    for (size_t bytes : {0, 1, 7, 8, 9, 63, 4096, 4991}) {
+      const uint32_t seed = static_cast<uint32_t>(offset * 977 + bytes);
+      EXPECT_EQ(rocksdb::crc32c::Extend(seed, data.data() + offset, bytes),
+                __real__ZN7rocksdb6crc32c6ExtendEjPKcm(seed, data.data() + offset, bytes))
+          << "offset " << offset << ", " << bytes << " bytes";
+    }
+  }
+#if defined(__x86_64__)
+  EXPECT_EQ(RocksDbCrc32cIsAccelerated(), __builtin_cpu_supports("sse4.2") != 0);
+#endif
+}
+
 TEST_F(CheckpointStoreTest, SaveThenLoadRoundTrips) {
   std::vector<float> floats(100);
   for (size_t i = 0; i < floats.size(); ++i) floats[i] = 0.5f * static_cast<float>(i);
@@ -137,7 +178,7 @@ TEST_F(CheckpointStoreTest, SaveThenLoadRoundTrips) {
     ASSERT_NE(store, nullptr);
     absl::StatusOr<v1::CheckpointManifest> saved = store->Save(header, views, 0);
     ASSERT_TRUE(saved.ok()) << saved.status();
-    EXPECT_EQ(saved->format_version(), 1u);
+    EXPECT_EQ(saved->format_version(), 2u);
     EXPECT_EQ(saved->total_bytes(), 3000u + 16u + 0u + 400u);
     EXPECT_EQ(saved->state_digest(), StateDigest(views));
     EXPECT_GT(saved->created_unix_ms(), 0);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -57,20 +58,43 @@ TEST(ToHexTest, LowercaseTwoDigitsPerByte) {
   EXPECT_EQ(ToHex(bytes, 0), "");
 }
 
+void AddHeader(Sha256& sha, const std::string& name, uint64_t bytes) {
+  sha.Update(name.data(), name.size());
+  sha.Update("\0", 1);
+  uint8_t le[8] = {};
+  for (uint8_t& b : le) {
+    b = static_cast<uint8_t>(bytes & 0xff);
+    bytes >>= 8;
+  }
+  sha.Update(le, 8);
+}
+
 TEST(StateDigestTest, MatchesTheDocumentedLayout) {
   const std::string w = "weights!";
   const std::string b = "bias";
   Sha256 sha;
   for (const auto& [name, bytes] :
        {std::pair{std::string("w"), w}, std::pair{std::string("b"), b}}) {
-    sha.Update(name.data(), name.size());
-    sha.Update("\0", 1);
-    uint8_t le[8] = {};
-    le[0] = static_cast<uint8_t>(bytes.size());
-    sha.Update(le, 8);
-    sha.Update(bytes.data(), bytes.size());
+    AddHeader(sha, name, bytes.size());
+    const Sha256Digest piece = Sha256Of(bytes.data(), bytes.size());
+    sha.Update(piece.data(), piece.size());
   }
   EXPECT_EQ(StateDigest({View("w", w), View("b", b)}), ToHex(sha.Finish()));
+}
+
+TEST(StateDigestTest, HashesPiecesOfFourMiB) {
+  ASSERT_EQ(kStateDigestPieceBytes, 4u << 20);
+  std::string big(2 * kStateDigestPieceBytes + 3, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + (i >> 20));
+  Sha256 sha;
+  AddHeader(sha, "t", big.size());
+  for (size_t offset = 0; offset < big.size(); offset += kStateDigestPieceBytes) {
+    const Sha256Digest piece =
+        Sha256Of(big.data() + offset, std::min(kStateDigestPieceBytes, big.size() - offset));
+    sha.Update(piece.data(), piece.size());
+  }
+  AddHeader(sha, "empty", 0);  // no pieces at all
+  EXPECT_EQ(StateDigest({View("t", big), View("empty", "")}), ToHex(sha.Finish()));
 }
 
 TEST(StateDigestTest, SizeIsLittleEndian) {
@@ -79,7 +103,8 @@ TEST(StateDigestTest, SizeIsLittleEndian) {
   sha.Update("t\0", 2);
   const uint8_t le[8] = {0x02, 0x01, 0, 0, 0, 0, 0, 0};
   sha.Update(le, 8);
-  sha.Update(big.data(), big.size());
+  const Sha256Digest piece = Sha256Of(big.data(), big.size());
+  sha.Update(piece.data(), piece.size());
   EXPECT_EQ(StateDigest({View("t", big)}), ToHex(sha.Finish()));
 }
 
@@ -94,6 +119,57 @@ TEST(StateDigestTest, SensitiveToOrderNamesAndBoundaries) {
 }
 
 TEST(StateDigestTest, EmptyStateIsHashOfNothing) { EXPECT_EQ(StateDigest({}), HexOf("")); }
+
+// Format 1 manifests keep their definition: one SHA-256 over every byte.
+TEST(StateDigestV1Test, MatchesTheFormat1Layout) {
+  const std::string w = "weights!";
+  const std::string b = "bias";
+  Sha256 sha;
+  for (const auto& [name, bytes] :
+       {std::pair{std::string("w"), w}, std::pair{std::string("b"), b}}) {
+    AddHeader(sha, name, bytes.size());
+    sha.Update(bytes.data(), bytes.size());
+  }
+  EXPECT_EQ(StateDigestV1({View("w", w), View("b", b)}), ToHex(sha.Finish()));
+  EXPECT_NE(StateDigestV1({View("w", w), View("b", b)}), StateDigest({View("w", w), View("b", b)}));
+}
+
+// A builder fed bytes in any split, or piece digests where they fit, gives
+// the one-shot digest of either format.
+TEST(StateDigestBuilderTest, BytesAndPiecesAgreeWithOneShot) {
+  std::string a(kStateDigestPieceBytes + 1000, '\0');
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 7 + (i >> 16));
+  const std::string b = "tail";
+  const std::vector<TensorView> views = {View("a", a), View("b", b)};
+  for (uint32_t format : {1u, 2u}) {
+    SCOPED_TRACE(format);
+    const std::string want = format == 1 ? StateDigestV1(views) : StateDigest(views);
+    StateDigestBuilder odd_splits(format);
+    for (const TensorView& v : views) {
+      odd_splits.BeginTensor(v.name, v.bytes);
+      const char* data = static_cast<const char*>(v.data);
+      for (size_t offset = 0; offset < v.bytes; offset += 999999) {
+        odd_splits.AddBytes(data + offset, std::min<size_t>(999999, v.bytes - offset));
+      }
+    }
+    EXPECT_EQ(odd_splits.Finish(), want);
+
+    StateDigestBuilder pieces(format);
+    pieces.BeginTensor("a", a.size());
+    EXPECT_EQ(pieces.IsPiece(kStateDigestPieceBytes), format == 2);
+    EXPECT_FALSE(pieces.IsPiece(1000));  // neither a whole piece nor the rest
+    if (format == 2) {
+      pieces.AddPiece(Sha256Of(a.data(), kStateDigestPieceBytes), kStateDigestPieceBytes);
+      EXPECT_TRUE(pieces.IsPiece(1000));
+      pieces.AddPiece(Sha256Of(a.data() + kStateDigestPieceBytes, 1000), 1000);
+    } else {
+      pieces.AddBytes(a.data(), a.size());
+    }
+    pieces.BeginTensor("b", b.size());
+    pieces.AddBytes(b.data(), b.size());
+    EXPECT_EQ(pieces.Finish(), want);
+  }
+}
 
 }  // namespace
 }  // namespace tandem

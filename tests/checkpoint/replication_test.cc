@@ -404,6 +404,21 @@ TEST_F(ReplicationTest, CommitManifestVerifiesChunksAndDigest) {
   commit = target_->CommitManifest(manifest, 0);
   ASSERT_TRUE(commit.ok()) << commit.status();
   ExpectSameCheckpoint(*target_, 4, model);
+
+  // A format 1 manifest (from an older build) is checked by format 1's
+  // digest definition, and only by that one.
+  v1::CheckpointManifest format1 = manifest;
+  format1.set_step(5);
+  format1.set_format_version(1);
+  commit = target_->CommitManifest(format1, 0);
+  EXPECT_EQ(commit.status().code(), absl::StatusCode::kDataLoss) << commit.status();
+  format1.set_state_digest(StateDigestV1(Views(model)));
+  commit = target_->CommitManifest(format1, 0);
+  ASSERT_TRUE(commit.ok()) << commit.status();
+  absl::StatusOr<Checkpoint> loaded = target_->Load("job", 5);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->manifest.format_version(), 1u);
+  EXPECT_TRUE(target_->Verify("job", 5).ok());
 }
 
 // Chunks a push wrote wait for their manifest: while the store is open,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/digest.h"
 #include "tests/support/byte_tensors.h"
@@ -363,6 +364,39 @@ TEST_F(VerifyTest, VerifyChecksSizesAndMissingChunks) {
   ASSERT_TRUE(absl::IsDataLoss(missing)) << missing;
   EXPECT_THAT(std::string(missing.message()), HasSubstr("tensor w, chunk 3 of 3"));
   EXPECT_THAT(std::string(missing.message()), HasSubstr("is missing"));
+}
+
+// With chunks of the digest's piece size the chunk keys give the state
+// digest, so Verify and Load check the manifest's digest too.
+TEST_F(VerifyTest, ManifestWhoseStateDigestDisagreesIsDataLoss) {
+  const std::vector<Owned> tensors = {{"a", Pattern(kStateDigestPieceBytes + 10, 1)},
+                                      {"b", Pattern(100, 2)}};
+  v1::CheckpointManifest saved;
+  {
+    absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(dir_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    absl::StatusOr<v1::CheckpointManifest> m = (*store)->Save(Header("job", 1), Views(tensors), 0);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->state_digest(), StateDigest(Views(tensors)));
+    EXPECT_TRUE((*store)->Verify("job", 1).ok());
+    saved = *m;
+  }
+  {
+    RawStore raw(dir_);
+    ASSERT_TRUE(raw.status().ok()) << raw.status().ToString();
+    v1::CheckpointManifest wrong = saved;
+    wrong.set_state_digest(StateDigestV1(Views(tensors)));
+    ASSERT_TRUE(raw.db()
+                    ->Put(rocksdb::WriteOptions(), raw.manifests(), absl::StrFormat("job/%020d", 1),
+                          wrong.SerializeAsString())
+                    .ok());
+  }
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(dir_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const absl::Status verified = (*store)->Verify("job", 1);
+  EXPECT_EQ(verified.code(), absl::StatusCode::kDataLoss) << verified;
+  EXPECT_THAT(verified.message(), HasSubstr("state digest"));
+  EXPECT_EQ((*store)->Load("job").status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(VerifyTest, SavingTheSameBytesAgainRepairsACorruptChunk) {

@@ -60,11 +60,15 @@ def test_accuracy(model, data_dir):
 
 
 def state_digest(state_dict):
-    """tandem's StateDigest: per tensor its name, NUL, byte count (8 bytes LE), bytes."""
+    """tandem's StateDigest: per tensor its name, NUL, byte count (8 bytes LE), then
+    the SHA-256 of each 4 MiB piece of its bytes."""
+    piece = 4 << 20
     h = hashlib.sha256()
     for name, tensor in state_dict.items():
         data = tensor.detach().contiguous().numpy().tobytes()
-        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+        for offset in range(0, len(data), piece):
+            h.update(hashlib.sha256(data[offset:offset + piece]).digest())
     return h.hexdigest()
 
 
