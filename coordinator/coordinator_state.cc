@@ -146,8 +146,8 @@ absl::Status CoordinatorState::Recover() {
     const std::string key = it->key().ToString();
     const std::string value = it->value().ToString();
     auto corrupt = [&] {
-      return absl::DataLossError(
-          absl::StrFormat("coordinator state: key %s does not parse; the state dir is damaged", key));
+      return absl::DataLossError(absl::StrFormat(
+          "coordinator state: key %s does not parse; the state dir is damaged", key));
     };
     if (key == "meta/next_job") {
       if (!absl::SimpleAtoi(value, &next_job_)) return corrupt();
@@ -206,9 +206,8 @@ absl::Status CoordinatorState::Recover() {
     job->px.resize(job->status.pools_size());
     order_.push_back(id);
   }
-  std::sort(order_.begin(), order_.end(), [](const std::string& a, const std::string& b) {
-    return JobNumber(a) < JobNumber(b);
-  });
+  std::sort(order_.begin(), order_.end(),
+            [](const std::string& a, const std::string& b) { return JobNumber(a) < JobNumber(b); });
   return absl::OkStatus();
 }
 
@@ -223,6 +222,7 @@ std::string CoordinatorState::ExtrasJson(const Job& job) const {
                      {"launch_generation", x.launch_generation},
                      {"backoff_ms", x.backoff_ms},
                      {"next_launch_ms", x.next_launch_ms},
+                     {"joined_at_step", x.joined_at_step},
                      {"stop_reason", x.stop_reason}});
   }
   j["pools"] = pools;
@@ -256,6 +256,7 @@ void CoordinatorState::LoadExtras(Job& job, const std::string& text) const {
     x.launch_generation = p.value("launch_generation", uint64_t{0});
     x.backoff_ms = p.value("backoff_ms", int64_t{0});
     x.next_launch_ms = p.value("next_launch_ms", int64_t{0});
+    x.joined_at_step = p.value("joined_at_step", uint64_t{0});
     x.stop_reason = p.value("stop_reason", std::string());
     job.px.push_back(std::move(x));
   }
@@ -370,8 +371,8 @@ std::string CoordinatorState::CannotLaunch(const Job& job, uint32_t index, bool 
   uint32_t free = FreeSlots(pool.cloud());
   if (ignore_own && job.px[index].occupying) free += pool.workers();
   if (free < pool.workers()) {
-    return absl::StrFormat("cloud %s has %d of %d slots free; pool %d needs %d", pool.cloud(),
-                           free, it->second.info.slots(), index, pool.workers());
+    return absl::StrFormat("cloud %s has %d of %d slots free; pool %d needs %d", pool.cloud(), free,
+                           it->second.info.slots(), index, pool.workers());
   }
   if (job.status.pools_size() > 1) {
     const std::string other = MultiPoolJobOn(pool.cloud(), job.status.job_id());
@@ -516,7 +517,8 @@ void CoordinatorState::TryRestart(Job& job, Txn& txn) {
   if (launch.empty()) return;
   uint64_t checkpoint_step = 0;
   for (const auto& [cloud, list] : job.checkpoints) {
-    for (const v1::CheckpointInfo& info : list) checkpoint_step = std::max(checkpoint_step, info.step());
+    for (const v1::CheckpointInfo& info : list)
+      checkpoint_step = std::max(checkpoint_step, info.step());
   }
   NewGeneration(job, "restart from the latest checkpoint");
   std::vector<std::string> where;
@@ -565,9 +567,9 @@ void CoordinatorState::AdvanceMigration(Job& job, Txn& txn) {
 void CoordinatorState::FinishMigration(Job& job, const v1::PoolReport& report, Txn& txn) {
   const std::string source = job.migrate_source;
   if (!report.error().empty()) {
-    const std::string reason =
-        absl::StrFormat("migration to %s failed: copying the checkpoint from %s: %s; resuming on %s",
-                        job.migrate_to, source, report.error(), source);
+    const std::string reason = absl::StrFormat(
+        "migration to %s failed: copying the checkpoint from %s: %s; resuming on %s",
+        job.migrate_to, source, report.error(), source);
     job.migrate_phase = kNoMigration;
     job.last_error = reason;
     NewGeneration(job, reason);
@@ -648,7 +650,8 @@ void CoordinatorState::UpdateProgress(Job& job, uint32_t index,
   if (pool.state() == v1::POOL_STATE_LAUNCHED) pool.set_state(v1::POOL_STATE_ACTIVE);
   const PoolExtra* best = nullptr;
   for (uint32_t a : job.active) {
-    if (job.px[a].has_progress && (best == nullptr || job.px[a].progress.step() > best->progress.step())) {
+    if (job.px[a].has_progress &&
+        (best == nullptr || job.px[a].progress.step() > best->progress.step())) {
       best = &job.px[a];
     }
   }
@@ -674,11 +677,11 @@ void CoordinatorState::UpdateProgress(Job& job, uint32_t index,
              progress.step() > job.recovery_step) {
     job.awaiting_recover = false;
     job.status.set_last_recover_s(std::max<int64_t>(0, now - job.loss_ms) / 1000.0);
-    AddEvent(job, v1::JOB_STATE_RUNNING,
-             absl::StrFormat("recovered: step %d completed %.1f s after the loss (detected in %.1f s)",
-                             progress.step(), job.status.last_recover_s(),
-                             job.status.last_detect_s()),
-             pool.cloud(), txn);
+    AddEvent(
+        job, v1::JOB_STATE_RUNNING,
+        absl::StrFormat("recovered: step %d completed %.1f s after the loss (detected in %.1f s)",
+                        progress.step(), job.status.last_recover_s(), job.status.last_detect_s()),
+        pool.cloud(), txn);
   } else if (state == v1::JOB_STATE_MIGRATING && job.migrate_phase == kLaunched) {
     job.migrate_phase = kNoMigration;
     AddEvent(job, v1::JOB_STATE_RUNNING, "migrated to " + pool.cloud(), pool.cloud(), txn);
@@ -716,8 +719,8 @@ v1::Plan CoordinatorState::BuildPlan(const Job& job, uint32_t index) const {
     } else if (!x.stop_reason.empty()) {
       plan.set_reason(x.stop_reason);
     } else {
-      plan.set_reason(absl::StrFormat("pool %d is not in generation %d", index,
-                                      job.status.generation()));
+      plan.set_reason(
+          absl::StrFormat("pool %d is not in generation %d", index, job.status.generation()));
     }
   }
   return plan;
@@ -799,8 +802,8 @@ void CoordinatorState::Relaunch(Txn& txn) {
       if (!CannotLaunch(job, i).empty()) continue;
       LaunchPool(job, i, /*resume=*/true, /*joining=*/true);
       AddEvent(job, state,
-               absl::StrFormat("relaunching pool %d on %s to rejoin (launch %d)", i,
-                               pool.cloud(), pool.launch()),
+               absl::StrFormat("relaunching pool %d on %s to rejoin (launch %d)", i, pool.cloud(),
+                               pool.launch()),
                pool.cloud(), txn);
     }
   }
@@ -852,7 +855,8 @@ absl::StatusOr<v1::SubmitJobResponse> CoordinatorState::SubmitJob(const v1::JobS
   Txn txn(this);
   for (int i = 0; i < spec.pools_size(); ++i) {
     if (spec.pools(i).workers() == 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("pools[%d].workers: must be at least 1", i));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("pools[%d].workers: must be at least 1", i));
     }
   }
   if (spec.placement() == v1::PLACEMENT_ANY) {
@@ -874,8 +878,8 @@ absl::StatusOr<v1::SubmitJobResponse> CoordinatorState::SubmitJob(const v1::JobS
       }
       if (best.empty()) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "pools[%d]: no registered cloud left with %d slots for placement: PLACEMENT_ANY (%s)", i,
-            workers, KnownClouds()));
+            "pools[%d]: no registered cloud left with %d slots for placement: PLACEMENT_ANY (%s)",
+            i, workers, KnownClouds()));
       }
       used.insert(best);
       spec.mutable_pools(i)->set_cloud(best);
@@ -960,8 +964,8 @@ absl::StatusOr<v1::JobStatus> CoordinatorState::CancelJob(const std::string& job
   Job* job = FindJob(job_id);
   if (job == nullptr) return absl::NotFoundError(absl::StrFormat("no job \"%s\"", job_id));
   if (Terminal(job->status.state())) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "job %s is already %s", job_id, StateName(job->status.state())));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("job %s is already %s", job_id, StateName(job->status.state())));
   }
   Finish(*job, v1::JOB_STATE_CANCELLED,
          reason.empty() ? "cancelled by the user" : "cancelled: " + reason, txn);
@@ -991,14 +995,13 @@ absl::StatusOr<v1::JobStatus> CoordinatorState::MigrateJob(const std::string& jo
   Job* job = FindJob(job_id);
   if (job == nullptr) return absl::NotFoundError(absl::StrFormat("no job \"%s\"", job_id));
   if (job->status.state() != v1::JOB_STATE_RUNNING) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("job %s is %s; only a RUNNING job can migrate", job_id,
-                        StateName(job->status.state())));
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "job %s is %s; only a RUNNING job can migrate", job_id, StateName(job->status.state())));
   }
   auto cloud = clouds_.find(to);
   if (cloud == clouds_.end()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "to_cloud: no agent has registered cloud \"%s\" (%s)", to, KnownClouds()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("to_cloud: no agent has registered cloud \"%s\" (%s)", to, KnownClouds()));
   }
   if (!cloud->second.alive) {
     return absl::FailedPreconditionError(
@@ -1047,7 +1050,8 @@ absl::StatusOr<v1::JobStatus> CoordinatorState::MigrateJob(const std::string& jo
   job->active.clear();
   NewGeneration(*job, "migrating to " + to);
   AddEvent(*job, v1::JOB_STATE_MIGRATING,
-           absl::StrFormat("migrating to %s: every pool saves a checkpoint and stops", to), to, txn);
+           absl::StrFormat("migrating to %s: every pool saves a checkpoint and stops", to), to,
+           txn);
   v1::JobStatus status = job->status;
   absl::Status written = txn.Commit();
   if (!written.ok()) return written;
@@ -1161,14 +1165,14 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorState::Heartbeat(
   Txn txn(this);
   auto it = lease_to_cloud_.find(request.lease_id());
   if (it == lease_to_cloud_.end()) {
-    return absl::NotFoundError(absl::StrFormat(
-        "unknown lease \"%s\" (the cloud registered again since); register again",
-        request.lease_id()));
+    return absl::NotFoundError(
+        absl::StrFormat("unknown lease \"%s\" (the cloud registered again since); register again",
+                        request.lease_id()));
   }
   if (!request.cloud().empty() && request.cloud() != it->second) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "cloud: lease %s belongs to cloud %s, not %s", request.lease_id(), it->second,
-        request.cloud()));
+    return absl::InvalidArgumentError(absl::StrFormat("cloud: lease %s belongs to cloud %s, not %s",
+                                                      request.lease_id(), it->second,
+                                                      request.cloud()));
   }
   Cloud& cloud = clouds_[it->second];
   const int64_t now = NowMs();
@@ -1220,8 +1224,8 @@ absl::StatusOr<v1::GetAssignmentsResponse> CoordinatorState::GetAssignments(
   }
   const std::string& cloud = it->second;
   if (!request.cloud().empty() && request.cloud() != cloud) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "cloud: lease %s belongs to cloud %s, not %s", request.lease_id(), cloud, request.cloud()));
+    return absl::InvalidArgumentError(absl::StrFormat("cloud: lease %s belongs to cloud %s, not %s",
+                                                      request.lease_id(), cloud, request.cloud()));
   }
   v1::GetAssignmentsResponse response;
   for (const std::string& id : order_) {
@@ -1254,7 +1258,8 @@ absl::StatusOr<v1::GetAssignmentsResponse> CoordinatorState::GetAssignments(
       fill(a, job.migrate_source_index);
       a->set_start_step(job.status.pools(job.migrate_source_index).step());
       auto target = clouds_.find(job.migrate_to);
-      a->set_replicate_to(target == clouds_.end() ? "" : target->second.info.replication_endpoint());
+      a->set_replicate_to(target == clouds_.end() ? ""
+                                                  : target->second.info.replication_endpoint());
     }
   }
   return response;
@@ -1264,10 +1269,11 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
   Txn txn(this);
   Job* job = FindJob(report.job_id());
   if (job == nullptr) return absl::NotFoundError(absl::StrFormat("no job \"%s\"", report.job_id()));
-  if (!report.replicated() && report.pool_index() >= static_cast<uint32_t>(job->status.pools_size())) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "pool_index: job %s has %d pools, not %d", report.job_id(), job->status.pools_size(),
-        report.pool_index() + 1));
+  if (!report.replicated() &&
+      report.pool_index() >= static_cast<uint32_t>(job->status.pools_size())) {
+    return absl::InvalidArgumentError(absl::StrFormat("pool_index: job %s has %d pools, not %d",
+                                                      report.job_id(), job->status.pools_size(),
+                                                      report.pool_index() + 1));
   }
   const int64_t now = NowMs();
   const std::string& id = job->status.job_id();
@@ -1291,13 +1297,15 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
       if (info.cloud().empty()) info.set_cloud(report.cloud());
       if (info.job().empty()) info.set_job(id);
       auto& list = job->checkpoints[info.cloud()];
-      list.erase(std::remove_if(list.begin(), list.end(),
-                                [&](const v1::CheckpointInfo& c) { return c.step() == info.step(); }),
-                 list.end());
+      list.erase(
+          std::remove_if(list.begin(), list.end(),
+                         [&](const v1::CheckpointInfo& c) { return c.step() == info.step(); }),
+          list.end());
       list.push_back(info);
-      std::sort(list.begin(), list.end(), [](const v1::CheckpointInfo& a, const v1::CheckpointInfo& b) {
-        return a.step() < b.step();
-      });
+      std::sort(list.begin(), list.end(),
+                [](const v1::CheckpointInfo& a, const v1::CheckpointInfo& b) {
+                  return a.step() < b.step();
+                });
       const uint32_t keep = job->status.spec().checkpoint().keep();
       while (keep > 0 && list.size() > keep) list.pop_front();
       for (size_t k = 0; k < list.size(); ++k) list[k].set_latest(k + 1 == list.size());
@@ -1340,9 +1348,16 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
     Touch(*job, txn, /*sync=*/true);
     if (report.exit_code() == 0 && x.done_seen && Running(pool.state()) && !x.stopping) {
       pool.set_state(v1::POOL_STATE_DONE);
+      // A pool let in to join at or after the step this one finished at has
+      // nothing left to train (the others finished without it): it does not
+      // hold the job open. Finishing the job stops it.
+      const uint64_t finished_at = pool.step();
       bool all_done = !job->active.empty();
       for (uint32_t a : job->active) {
-        all_done &= job->status.pools(a).state() == v1::POOL_STATE_DONE;
+        const bool idle_joiner = job->px[a].joined_at_step != 0 &&
+                                 job->px[a].joined_at_step >= finished_at &&
+                                 job->status.pools(a).state() == v1::POOL_STATE_ACTIVE;
+        all_done &= job->status.pools(a).state() == v1::POOL_STATE_DONE || idle_joiner;
       }
       if (all_done) {
         const double accuracy = job->status.progress().test_accuracy();
@@ -1368,7 +1383,8 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
       LosePool(*job, index, absl::StrFormat("%s pool %d failed: %s", pool.cloud(), index, error),
                now, txn);
       if (was_joining && report.exit_code() != 0) {
-        x.backoff_ms = x.backoff_ms == 0 ? kBackoffStartMs : std::min(kBackoffMaxMs, 2 * x.backoff_ms);
+        x.backoff_ms =
+            x.backoff_ms == 0 ? kBackoffStartMs : std::min(kBackoffMaxMs, 2 * x.backoff_ms);
         x.next_launch_ms = now + x.backoff_ms;
       }
     }
@@ -1388,9 +1404,9 @@ absl::StatusOr<v1::Plan> CoordinatorState::SyncPlan(const v1::SyncPlanRequest& r
       return absl::NotFoundError(absl::StrFormat("no job \"%s\"", request.job_id()));
     }
     if (index >= static_cast<uint32_t>(job->status.pools_size())) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "pool_index: job %s has %d pools, not %d", request.job_id(), job->status.pools_size(),
-          index + 1));
+      return absl::InvalidArgumentError(absl::StrFormat("pool_index: job %s has %d pools, not %d",
+                                                        request.job_id(), job->status.pools_size(),
+                                                        index + 1));
     }
     v1::PoolStatus& pool = *job->status.mutable_pools(index);
     const bool terminal = Terminal(job->status.state());
@@ -1420,6 +1436,7 @@ absl::StatusOr<v1::Plan> CoordinatorState::SyncPlan(const v1::SyncPlanRequest& r
           job->migrate_phase == kNoMigration) {
         pool.set_state(v1::POOL_STATE_ACTIVE);
         job->px[index].backoff_ms = 0;
+        job->px[index].joined_at_step = std::max<uint64_t>(1, job->status.progress().step());
         job->active.push_back(index);
         std::sort(job->active.begin(), job->active.end());
         const std::string reason = pool.cloud() + " rejoins at the next step boundary";

@@ -100,6 +100,8 @@ class CoordinatorState {
     uint64_t launch_generation = 0;
     int64_t backoff_ms = 0;
     int64_t next_launch_ms = 0;
+    // The job's step when this pool was let in to join; 0 if it never was.
+    uint64_t joined_at_step = 0;
     std::string stop_reason;
     v1::TrainingProgress progress;
     bool has_progress = false;

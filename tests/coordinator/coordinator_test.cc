@@ -154,7 +154,8 @@ class CoordinatorTest : public ::testing::Test {
   }
 
   // Reads the job until `done` holds or kWait passes; returns the last read.
-  v1::JobStatus WaitFor(const std::string& job, const std::function<bool(const v1::JobStatus&)>& done) {
+  v1::JobStatus WaitFor(const std::string& job,
+                        const std::function<bool(const v1::JobStatus&)>& done) {
     const auto deadline = std::chrono::steady_clock::now() + kWait;
     v1::JobStatus status = Get(job);
     while (!done(status) && std::chrono::steady_clock::now() < deadline) {
@@ -164,7 +165,8 @@ class CoordinatorTest : public ::testing::Test {
     return status;
   }
   v1::JobStatus WaitForState(const std::string& job, v1::JobState state) {
-    v1::JobStatus status = WaitFor(job, [state](const v1::JobStatus& s) { return s.state() == state; });
+    v1::JobStatus status =
+        WaitFor(job, [state](const v1::JobStatus& s) { return s.state() == state; });
     EXPECT_EQ(v1::JobState_Name(status.state()), v1::JobState_Name(state));
     return status;
   }
@@ -220,7 +222,8 @@ class CoordinatorTest : public ::testing::Test {
     return plans_->SyncPlan(&context, request, plan);
   }
 
-  v1::Plan SyncOk(const std::string& job, uint32_t pool, uint64_t generation, uint32_t wait_ms = 0) {
+  v1::Plan SyncOk(const std::string& job, uint32_t pool, uint64_t generation,
+                  uint32_t wait_ms = 0) {
     v1::SyncPlanRequest request;
     request.set_job_id(job);
     request.set_pool_index(pool);
@@ -283,7 +286,8 @@ TEST_F(CoordinatorTest, HealthServiceAnswersServing) {
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(response.Dump(&slices).ok());
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
@@ -346,9 +350,7 @@ TEST_F(CoordinatorTest, PendingUntilAgentsAreAliveThenAssignedAndRunning) {
   ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
   const std::string job = SubmitOk(Spec({{"cloud-a", 2}, {"cloud-b", 3}}));
   EXPECT_EQ(job, "mnist-1");
-  v1::JobStatus status = WaitFor(job, [](const v1::JobStatus& s) {
-    return s.events_size() > 1;
-  });
+  v1::JobStatus status = WaitFor(job, [](const v1::JobStatus& s) { return s.events_size() > 1; });
   EXPECT_EQ(status.state(), v1::JOB_STATE_PENDING);
   EXPECT_NE(LastReason(status).find("has no live agent"), std::string::npos) << LastReason(status);
   EXPECT_TRUE(Assignments("cloud-a", lease_a).empty());
@@ -455,9 +457,8 @@ TEST_F(CoordinatorTest, LeaseExpiryDropsTheCloudAndItRejoinsWhenBack) {
   // The old lease is renewed by a heartbeat; cloud-a comes back without its group.
   lease_a_ = Register("cloud-a");
   Heartbeater a(agents_.get(), "cloud-a", lease_a_);
-  status = WaitFor(job, [](const v1::JobStatus& s) {
-    return s.pools(0).state() == v1::POOL_STATE_JOINING;
-  });
+  status = WaitFor(
+      job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
   ASSERT_EQ(status.pools(0).state(), v1::POOL_STATE_JOINING);
   std::vector<v1::Assignment> assigned = Assignments("cloud-a", lease_a_);
   ASSERT_EQ(assigned.size(), 1u);
@@ -539,9 +540,8 @@ TEST_F(CoordinatorTest, UnreachableReportDropsThePeerAndTheFirstReportWins) {
 
   // Its group exits; cloud-a is alive, so the pool is relaunched to rejoin.
   Exit(job, "cloud-a", 0, 1, 137, false, "killed");
-  status = WaitFor(job, [](const v1::JobStatus& s) {
-    return s.pools(0).state() == v1::POOL_STATE_JOINING;
-  });
+  status = WaitFor(
+      job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
   EXPECT_EQ(status.pools(0).launch(), 2u);
   v1::SyncPlanRequest join;
   join.set_job_id(job);
@@ -568,6 +568,66 @@ TEST_F(CoordinatorTest, SucceedsWhenEveryActivePoolIsDone) {
   EXPECT_EQ(LastReason(status), "finished at step 11; test accuracy 0.8100");
   EXPECT_GT(status.finished_unix_ms(), 0);
   EXPECT_EQ(status.pools(0).state(), v1::POOL_STATE_DONE);
+}
+
+// cloud-a is let in to join at the step where cloud-b then finishes: it has
+// nothing left to train, and the job ends when cloud-b is done instead of
+// waiting for cloud-a's join deadline.
+TEST_F(CoordinatorTest, APoolLetInAtTheLastStepDoesNotHoldTheJobOpen) {
+  Start();
+  const std::string job = RunningJob();
+  v1::SyncPlanRequest report;
+  report.set_job_id(job);
+  report.set_pool_index(1);
+  report.set_generation(1);
+  report.set_step(200);
+  report.add_unreachable_pools(0);
+  report.set_unreachable_for_ms(10000);
+  v1::Plan plan;
+  ASSERT_TRUE(Sync(report, &plan).ok());
+  Exit(job, "cloud-a", 0, 1, 1, false, "dropped");
+  WaitFor(job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
+  Progress(job, "cloud-b", 1, 1, 300, 0.83);
+  v1::SyncPlanRequest join;
+  join.set_job_id(job);
+  join.set_pool_index(0);
+  join.set_generation(2);
+  join.set_ready_to_join(true);
+  ASSERT_TRUE(Sync(join, &plan).ok());
+  ASSERT_EQ(plan.active_pools_size(), 2);
+  Exit(job, "cloud-b", 1, 1, 0, /*done=*/true);
+  const v1::JobStatus status = WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(LastReason(status), "finished at step 300; test accuracy 0.8300");
+}
+
+// A pool that joined earlier and trained with the others still counts.
+TEST_F(CoordinatorTest, APoolThatJoinedBeforeTheEndMustFinishToo) {
+  Start();
+  const std::string job = RunningJob();
+  v1::SyncPlanRequest report;
+  report.set_job_id(job);
+  report.set_pool_index(1);
+  report.set_generation(1);
+  report.set_step(100);
+  report.add_unreachable_pools(0);
+  report.set_unreachable_for_ms(10000);
+  v1::Plan plan;
+  ASSERT_TRUE(Sync(report, &plan).ok());
+  Exit(job, "cloud-a", 0, 1, 1, false, "dropped");
+  WaitFor(job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
+  Progress(job, "cloud-b", 1, 1, 150);
+  v1::SyncPlanRequest join;
+  join.set_job_id(job);
+  join.set_pool_index(0);
+  join.set_generation(2);
+  join.set_ready_to_join(true);
+  ASSERT_TRUE(Sync(join, &plan).ok());
+  Progress(job, "cloud-b", 1, 1, 300);
+  Exit(job, "cloud-b", 1, 1, 0, /*done=*/true);
+  EXPECT_EQ(Get(job).state(), v1::JOB_STATE_RUNNING);
+  Progress(job, "cloud-a", 0, 2, 300);
+  Exit(job, "cloud-a", 0, 2, 0, /*done=*/true);
+  WaitForState(job, v1::JOB_STATE_SUCCEEDED);
 }
 
 TEST_F(CoordinatorTest, LogsAndCheckpointsAreKeptPerJob) {
