@@ -69,6 +69,20 @@ TEST(JobSpecTest, ParsesCnnExample) {
   EXPECT_EQ(TotalWorkers(*spec), 2u);
 }
 
+// What `make demo` submits: two clouds, PowerSGD rank 2 with fp16 factors,
+// a cosine schedule (the setting that meets the 100x target in BENCHMARKS.md).
+TEST(JobSpecTest, ParsesTwoCloudsExample) {
+  absl::StatusOr<v1::JobSpec> spec = LoadJobSpec(ExamplePath("fashion-mnist-two-clouds.yaml"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->pools_size(), 2);
+  EXPECT_EQ(spec->pools(0).cloud(), "cloud-a");
+  EXPECT_EQ(spec->pools(1).cloud(), "cloud-b");
+  EXPECT_EQ(spec->train().lr_schedule(), v1::LR_SCHEDULE_COSINE);
+  EXPECT_EQ(spec->exchange().codec(), v1::CODEC_KIND_POWERSGD);
+  EXPECT_EQ(spec->exchange().rank(), 2u);
+  EXPECT_EQ(spec->exchange().factors(), v1::FACTOR_PRECISION_FP16);
+}
+
 TEST(JobSpecTest, ParsesMlpExample) {
   absl::StatusOr<v1::JobSpec> spec = LoadJobSpec(ExamplePath("fashion-mnist-mlp.yaml"));
   ASSERT_TRUE(spec.ok()) << spec.status();
