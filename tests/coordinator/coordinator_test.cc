@@ -222,6 +222,35 @@ class CoordinatorTest : public ::testing::Test {
     return plans_->SyncPlan(&context, request, plan);
   }
 
+  // cloud-b's leader reports cloud-a unreachable at `step` (generation 1 ->
+  // 2); cloud-a's group exits and the pool is relaunched to rejoin.
+  void DropCloudA(const std::string& job, uint64_t step) {
+    v1::SyncPlanRequest report;
+    report.set_job_id(job);
+    report.set_pool_index(1);
+    report.set_generation(1);
+    report.set_step(step);
+    report.add_unreachable_pools(0);
+    report.set_unreachable_for_ms(10000);
+    v1::Plan plan;
+    ASSERT_TRUE(Sync(report, &plan).ok());
+    Exit(job, "cloud-a", 0, 1, 1, false, "dropped");
+    WaitFor(job,
+            [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
+  }
+
+  // cloud-a's relaunched leader asks to join; returns the plan it gets.
+  v1::Plan LetCloudAJoin(const std::string& job) {
+    v1::SyncPlanRequest join;
+    join.set_job_id(job);
+    join.set_pool_index(0);
+    join.set_generation(2);
+    join.set_ready_to_join(true);
+    v1::Plan plan;
+    EXPECT_TRUE(Sync(join, &plan).ok());
+    return plan;
+  }
+
   v1::Plan SyncOk(const std::string& job, uint32_t pool, uint64_t generation,
                   uint32_t wait_ms = 0) {
     v1::SyncPlanRequest request;
@@ -492,8 +521,13 @@ TEST_F(CoordinatorTest, EveryLeaseWithoutHeartbeatsExpires) {
     lease_b_ = Register("cloud-b");  // expires after cloud-a's first expiry
     EXPECT_TRUE(Alive(jobs_.get())["cloud-b"]);
     ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
-    std::this_thread::sleep_for(milliseconds(600));  // two ttls of heartbeats
-    EXPECT_TRUE(Alive(jobs_.get())["cloud-a"]);
+    // Two more leases of cloud-b registered and expired: at least two ttls
+    // went by, and cloud-a's heartbeats kept its lease alive all along.
+    for (int i = 0; i < 2; ++i) {
+      lease_b_ = Register("cloud-b");
+      ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-b"));
+      EXPECT_TRUE(Alive(jobs_.get())["cloud-a"]);
+    }
   }
   ASSERT_TRUE(WaitForLoss(jobs_.get(), "cloud-a"));
   // No live lease is left; a new registration must be scanned for again.
@@ -576,25 +610,9 @@ TEST_F(CoordinatorTest, SucceedsWhenEveryActivePoolIsDone) {
 TEST_F(CoordinatorTest, APoolLetInAtTheLastStepDoesNotHoldTheJobOpen) {
   Start();
   const std::string job = RunningJob();
-  v1::SyncPlanRequest report;
-  report.set_job_id(job);
-  report.set_pool_index(1);
-  report.set_generation(1);
-  report.set_step(200);
-  report.add_unreachable_pools(0);
-  report.set_unreachable_for_ms(10000);
-  v1::Plan plan;
-  ASSERT_TRUE(Sync(report, &plan).ok());
-  Exit(job, "cloud-a", 0, 1, 1, false, "dropped");
-  WaitFor(job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
+  DropCloudA(job, 200);
   Progress(job, "cloud-b", 1, 1, 300, 0.83);
-  v1::SyncPlanRequest join;
-  join.set_job_id(job);
-  join.set_pool_index(0);
-  join.set_generation(2);
-  join.set_ready_to_join(true);
-  ASSERT_TRUE(Sync(join, &plan).ok());
-  ASSERT_EQ(plan.active_pools_size(), 2);
+  ASSERT_EQ(LetCloudAJoin(job).active_pools_size(), 2);
   Exit(job, "cloud-b", 1, 1, 0, /*done=*/true);
   const v1::JobStatus status = WaitForState(job, v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(LastReason(status), "finished at step 300; test accuracy 0.8300");
@@ -604,24 +622,9 @@ TEST_F(CoordinatorTest, APoolLetInAtTheLastStepDoesNotHoldTheJobOpen) {
 TEST_F(CoordinatorTest, APoolThatJoinedBeforeTheEndMustFinishToo) {
   Start();
   const std::string job = RunningJob();
-  v1::SyncPlanRequest report;
-  report.set_job_id(job);
-  report.set_pool_index(1);
-  report.set_generation(1);
-  report.set_step(100);
-  report.add_unreachable_pools(0);
-  report.set_unreachable_for_ms(10000);
-  v1::Plan plan;
-  ASSERT_TRUE(Sync(report, &plan).ok());
-  Exit(job, "cloud-a", 0, 1, 1, false, "dropped");
-  WaitFor(job, [](const v1::JobStatus& s) { return s.pools(0).state() == v1::POOL_STATE_JOINING; });
+  DropCloudA(job, 100);
   Progress(job, "cloud-b", 1, 1, 150);
-  v1::SyncPlanRequest join;
-  join.set_job_id(job);
-  join.set_pool_index(0);
-  join.set_generation(2);
-  join.set_ready_to_join(true);
-  ASSERT_TRUE(Sync(join, &plan).ok());
+  ASSERT_EQ(LetCloudAJoin(job).active_pools_size(), 2);
   Progress(job, "cloud-b", 1, 1, 300);
   Exit(job, "cloud-b", 1, 1, 0, /*done=*/true);
   EXPECT_EQ(Get(job).state(), v1::JOB_STATE_RUNNING);

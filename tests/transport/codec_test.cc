@@ -625,24 +625,31 @@ TEST(TopkCodecTest, IndexFormatIsTheSmallerOne) {
   }
 }
 
+// A [rows, cols] matrix A B^T of rank `rank`, A and B Gaussian, row major.
+std::vector<float> RankRMatrix(int rows, int cols, int rank, std::mt19937_64& rng,
+                               std::normal_distribution<float>& normal) {
+  std::vector<float> a(rows * rank), b(cols * rank);
+  for (float& v : a) v = normal(rng);
+  for (float& v : b) v = normal(rng);
+  std::vector<float> m(rows * cols);
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) {
+      float s = 0;
+      for (int k = 0; k < rank; ++k) s += a[i * rank + k] * b[j * rank + k];
+      m[i * cols + j] = s;
+    }
+  }
+  return m;
+}
+
 TEST(PowerSgdCodecTest, ExactForARankRMatrix) {
   constexpr int kRows = 256, kCols = 512, kRank = 4;
   std::mt19937_64 rng(3);
   std::normal_distribution<float> normal;
-  std::vector<float> a(kRows * kRank), b(kCols * kRank);
-  for (float& v : a) v = normal(rng);
-  for (float& v : b) v = normal(rng);
-  std::vector<float> g(kRows * kCols + kCols);
+  std::vector<float> g = RankRMatrix(kRows, kCols, kRank, rng, normal);
   float max_abs = 0;
-  for (int i = 0; i < kRows; ++i) {
-    for (int j = 0; j < kCols; ++j) {
-      float s = 0;
-      for (int k = 0; k < kRank; ++k) s += a[i * kRank + k] * b[j * kRank + k];
-      g[i * kCols + j] = s;
-      max_abs = std::max(max_abs, std::fabs(s));
-    }
-  }
-  for (int j = 0; j < kCols; ++j) g[kRows * kCols + j] = normal(rng);
+  for (float v : g) max_abs = std::max(max_abs, std::fabs(v));
+  for (int j = 0; j < kCols; ++j) g.push_back(normal(rng));
 
   auto codec = MakeCodec(Spec(v1::CODEC_KIND_POWERSGD, kRank), {{kRows, kCols}, {kCols}}, 11);
   ASSERT_TRUE(codec.ok());
@@ -672,17 +679,7 @@ TEST(PowerSgdCodecTest, ReducedPrecisionFactorsLoseOnlyTheirRounding) {
   constexpr int kRows = 256, kCols = 512, kRank = 4;
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal;
-  std::vector<float> a(kRows * kRank), b(kCols * kRank);
-  for (float& v : a) v = normal(rng);
-  for (float& v : b) v = normal(rng);
-  std::vector<float> g(kRows * kCols);
-  for (int i = 0; i < kRows; ++i) {
-    for (int j = 0; j < kCols; ++j) {
-      float s = 0;
-      for (int k = 0; k < kRank; ++k) s += a[i * kRank + k] * b[j * kRank + k];
-      g[i * kCols + j] = s;
-    }
-  }
+  const std::vector<float> g = RankRMatrix(kRows, kCols, kRank, rng, normal);
   struct Case {
     v1::FactorPrecision factors;
     double min_error;  // above fp32's ~1e-6: the factors were rounded
