@@ -8,7 +8,9 @@
 //   3. bytes written, and bytes replicated to a second store over gRPC with
 //      mutual TLS on loopback, for an incremental checkpoint vs a full one.
 // The state is synthetic: --mib MiB of random fp32 in 16 MiB tensors.
-// Prints a Markdown table. Usage: checkpoint_bench [--mib N] [--dir DIR]
+// Prints a Markdown table.
+// Usage: checkpoint_bench [--mib N] [--dir DIR] [--repeats N] [--save-only]
+//   --save-only measures the save and restore throughput only (for profiling).
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
@@ -25,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/allocator.h"
 #include "checkpoint/async_saver.h"
 #include "checkpoint/checkpoint_store.h"
 #include "checkpoint/replication.h"
@@ -60,6 +63,11 @@ double LoadAverage() {
   double load = 0;
   in >> load;
   return load;
+}
+
+void PrintLoad(double load_before) {
+  std::printf("\nload average (1 min) at start %.2f, at end %.2f, on %ld cores\n", load_before,
+              LoadAverage(), sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 // Bytes this process has caused to be written to the storage layer.
@@ -154,11 +162,32 @@ void Compute(std::vector<float>& work, double seconds) {
 
 int main(int argc, char** argv) {
   using namespace tandem;
+  // As tandem's main does, for the processes that save checkpoints.
+  if (!KeepFreedMemoryForCheckpoints()) std::fprintf(stderr, "malloc settings refused\n");
   size_t mib = 128;
   std::string root = "/tmp";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--mib") mib = std::strtoul(argv[i + 1], nullptr, 10);
-    if (std::string(argv[i]) == "--dir") root = argv[i + 1];
+  int repeats = 3;
+  bool save_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--mib" && has_value) {
+      mib = std::strtoul(argv[++i], nullptr, 10);
+    } else if (arg == "--dir" && has_value) {
+      root = argv[++i];
+    } else if (arg == "--repeats" && has_value) {
+      repeats = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--save-only") {
+      save_only = true;
+    } else {
+      std::fprintf(arg == "--help" ? stdout : stderr,
+                   "usage: checkpoint_bench [--mib N] [--dir DIR] [--repeats N] [--save-only]\n"
+                   "  --mib N      size of the synthetic state (default 128)\n"
+                   "  --dir DIR    where the stores and the raw file go (default /tmp)\n"
+                   "  --repeats N  save/restore repeats, the median is reported (default 3)\n"
+                   "  --save-only  measure the save and restore throughput only\n");
+      return arg == "--help" ? 0 : 2;
+    }
   }
   std::string pattern = root + "/tandem-ckpt-bench-XXXXXX";
   if (mkdtemp(pattern.data()) == nullptr) {
@@ -169,12 +198,11 @@ int main(int argc, char** argv) {
   const std::vector<StoredTensor> state = MakeState(mib, 1);
   const size_t bytes = mib << 20;
   const double mb = bytes / 1e6;
-  constexpr int kRepeats = 3;
   const double load_before = LoadAverage();
 
   // 1. Save and restore throughput.
   std::vector<double> raw_write, save, raw_read, restore, raw_write_cpu, save_cpu;
-  for (int r = 0; r < kRepeats; ++r) {
+  for (int r = 0; r < repeats; ++r) {
     double cpu = CpuSeconds();
     raw_write.push_back(RawWrite(dir + "/raw.bin", state));
     raw_write_cpu.push_back(CpuSeconds() - cpu);
@@ -199,6 +227,28 @@ int main(int argc, char** argv) {
   const double save_mbs = mb / Median(save);
   const double raw_read_mbs = mb / Median(raw_read);
   const double restore_mbs = mb / Median(restore);
+
+  auto print_throughput = [&] {
+    std::printf("| measurement (%zu MiB state, median of %d) | tandem | baseline | ratio |\n", mib,
+                repeats);
+    std::printf("| --- | --- | --- | --- |\n");
+    std::printf("| save throughput vs raw write+fdatasync | %.0f MB/s | %.0f MB/s | %.2f |\n",
+                save_mbs, raw_write_mbs, save_mbs / raw_write_mbs);
+    std::printf(
+        "| save CPU time, all threads, vs raw write+fdatasync | %.0f ms | %.0f ms | %.2f |\n",
+        1000 * Median(save_cpu), 1000 * Median(raw_write_cpu),
+        Median(save_cpu) / Median(raw_write_cpu));
+    std::printf(
+        "| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
+        "%.2f |\n",
+        restore_mbs, raw_read_mbs, restore_mbs / raw_read_mbs);
+  };
+  if (save_only) {
+    std::filesystem::remove_all(dir);
+    print_throughput();
+    PrintLoad(load_before);
+    return 0;
+  }
 
   // 2. Stall per checkpoint: a loop of steps (0.25 s of compute that reads
   // the state, then an update that changes it), checkpointing every 4th; the
@@ -300,18 +350,7 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  std::printf("| measurement (%zu MiB state, median of %d) | tandem | baseline | ratio |\n", mib,
-              kRepeats);
-  std::printf("| --- | --- | --- | --- |\n");
-  std::printf("| save throughput vs raw write+fdatasync | %.0f MB/s | %.0f MB/s | %.2f |\n",
-              save_mbs, raw_write_mbs, save_mbs / raw_write_mbs);
-  std::printf("| save CPU time, all threads, vs raw write+fdatasync | %.0f ms | %.0f ms | %.2f |\n",
-              1000 * Median(save_cpu), 1000 * Median(raw_write_cpu),
-              Median(save_cpu) / Median(raw_write_cpu));
-  std::printf(
-      "| restore throughput (verified) vs raw read (page cache) | %.0f MB/s | %.0f MB/s | "
-      "%.2f |\n",
-      restore_mbs, raw_read_mbs, restore_mbs / raw_read_mbs);
+  print_throughput();
   std::printf(
       "| training stall per checkpoint, async (copy before returning) vs sync | %.1f ms | %.1f "
       "ms | %.3f |\n",
@@ -329,7 +368,6 @@ int main(int argc, char** argv) {
   std::printf("| bytes replicated over TLS, incremental vs full | %.1f MB | %.1f MB | %.3f |\n",
               incremental_sent / 1e6, full_sent / 1e6,
               static_cast<double>(incremental_sent) / full_sent);
-  std::printf("\nload average (1 min) at start %.2f, at end %.2f, on %ld cores\n", load_before,
-              LoadAverage(), sysconf(_SC_NPROCESSORS_ONLN));
+  PrintLoad(load_before);
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/allocator.h"
 #include "cli/commands.h"
 
 namespace {
@@ -54,6 +55,8 @@ reached.
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread starts; saves reuse the memory of the last one's memtables.
+  tandem::KeepFreedMemoryForCheckpoints();
   if (argc < 2) {
     std::cerr << kUsage;
     return tandem::cli::kExitUsage;
