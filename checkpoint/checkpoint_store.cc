@@ -38,12 +38,12 @@ using store_internal::CheckJob;
 using store_internal::FromRocks;
 using store_internal::HashPrefix;
 using store_internal::kChunksCf;
+using store_internal::kKeyBytes;
 using store_internal::kLatestPrefix;
 using store_internal::kManifestFormatVersion;
 using store_internal::kManifestsCf;
 using store_internal::kMarkerKey;
 using store_internal::kPendingPrefix;
-using store_internal::kShaBytes;
 using store_internal::kStoreFormatVersion;
 using store_internal::LatestKey;
 using store_internal::ManifestChunks;
@@ -169,8 +169,8 @@ class ChunkHasher {
   ChunkHasher(const ChunkHasher&) = delete;
   ChunkHasher& operator=(const ChunkHasher&) = delete;
 
-  // The SHA-256 of chunk `i`, waiting until it is known.
-  Sha256Digest Digest(size_t i) {
+  // The key (BLAKE3) of chunk `i`, waiting until it is known.
+  Hash256 Digest(size_t i) {
     absl::MutexLock lock(&mu_);
     while (!done_[i]) cv_.Wait(&mu_);
     return digests_[i];
@@ -178,11 +178,10 @@ class ChunkHasher {
 
  private:
   void Run() {
-    Sha256 sha;
     for (size_t i = next_.fetch_add(1);
          i < spans_->size() && !stop_.load(std::memory_order_relaxed); i = next_.fetch_add(1)) {
-      sha.Update((*spans_)[i].data, (*spans_)[i].size);
-      const Sha256Digest digest = sha.Finish();
+      const Hash256 digest =
+          PieceHashOf(kManifestFormatVersion, (*spans_)[i].data, (*spans_)[i].size);
       absl::MutexLock lock(&mu_);
       digests_[i] = digest;
       done_[i] = true;
@@ -193,7 +192,7 @@ class ChunkHasher {
   const std::vector<ChunkSpan>* const spans_;
   absl::Mutex mu_;
   absl::CondVar cv_;
-  std::vector<Sha256Digest> digests_ ABSL_GUARDED_BY(mu_);
+  std::vector<Hash256> digests_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> done_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> next_{0};
   std::atomic<bool> stop_{false};
@@ -212,8 +211,8 @@ std::optional<std::string> DigestFromChunkKeys(const v1::CheckpointManifest& m) 
     for (const v1::ChunkRef& c : t.chunks()) bytes += c.size();
     digest.BeginTensor(t.name(), bytes);
     for (const v1::ChunkRef& c : t.chunks()) {
-      if (c.sha256().size() != kShaBytes || !digest.IsPiece(c.size())) return std::nullopt;
-      Sha256Digest key;
+      if (c.sha256().size() != kKeyBytes || !digest.IsPiece(c.size())) return std::nullopt;
+      Hash256 key;
       std::memcpy(key.data(), c.sha256().data(), key.size());
       digest.AddPiece(key, c.size());
     }
@@ -431,7 +430,7 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
   // copy of the state's worth of new pages.
   size_t largest_chunk = 0;
   for (const ChunkSpan& span : spans) largest_chunk = std::max(largest_chunk, span.size);
-  rocksdb::WriteBatch batch(largest_chunk + 2 * kShaBytes + sizeof(kPendingPrefix) + 64);
+  rocksdb::WriteBatch batch(largest_chunk + 2 * kKeyBytes + sizeof(kPendingPrefix) + 64);
   for (const TensorView& t : tensors) {
     v1::TensorRecord* record = manifest.add_tensors();
     record->set_name(t.name);
@@ -440,7 +439,7 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
     if (digest_from_keys) digest.BeginTensor(t.name, t.bytes);
     for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes, ++next) {
       const rocksdb::Slice bytes(spans[next].data, spans[next].size);
-      const Sha256Digest sha = hasher.Digest(next);
+      const Hash256 sha = hasher.Digest(next);
       if (digest_from_keys) digest.AddPiece(sha, bytes.size());
       std::string key(reinterpret_cast<const char*>(sha.data()), sha.size());
       v1::ChunkRef* ref = record->add_chunks();
@@ -606,8 +605,8 @@ absl::Status CheckpointStore::DropUncommittedChunks() {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, chunks_cf()));
     for (it->Seek(kPendingPrefix); it->Valid(); it->Next()) {
       const rocksdb::Slice key = it->key();
-      if (key.size() == kPrefixBytes + kShaBytes && key.starts_with(kPendingPrefix)) {
-        pending.emplace(key.data() + kPrefixBytes, kShaBytes);
+      if (key.size() == kPrefixBytes + kKeyBytes && key.starts_with(kPendingPrefix)) {
+        pending.emplace(key.data() + kPrefixBytes, kKeyBytes);
       }
     }
     TANDEM_RETURN_IF_ERROR(FromRocks(it->status(), dir_, "listing uncommitted chunks"));
@@ -802,7 +801,7 @@ absl::Status CheckpointStore::ReadChunks(const rocksdb::Snapshot* snapshot,
           manifest.job(), manifest.step(), dir_, record.name(), item.chunk + 1,
           record.chunks_size(), HashPrefix(ref.sha256()), what));
     };
-    if (ref.sha256().size() != kShaBytes) return damaged("has a malformed hash in the manifest");
+    if (ref.sha256().size() != kKeyBytes) return damaged("has a malformed hash in the manifest");
     value->Reset();
     rocksdb::Status s = db_->Get(read, chunks_cf(), ref.sha256(), value);
     if (s.IsNotFound()) return damaged("is missing");
@@ -814,11 +813,11 @@ absl::Status CheckpointStore::ReadChunks(const rocksdb::Snapshot* snapshot,
       return damaged(
           absl::StrFormat("has %d bytes, the manifest says %d", value->size(), ref.size()));
     }
-    const Sha256Digest digest = Sha256Of(value->data(), value->size());
+    const Hash256 digest = PieceHashOf(manifest.format_version(), value->data(), value->size());
     if (std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()) !=
         ref.sha256()) {
-      return damaged(absl::StrCat("fails its SHA-256 check (its bytes hash to ",
-                                  ToHex(digest.data(), 6), "...)"));
+      return damaged(absl::StrCat("fails its ", PieceHashName(manifest.format_version()),
+                                  " check (its bytes hash to ", ToHex(digest.data(), 6), "...)"));
     }
     if (tensors != nullptr && value->size() > 0) {
       std::memcpy(loaded[item.tensor].bytes.data() + item.offset, value->data(), value->size());

@@ -1,10 +1,10 @@
 // CheckpointStore: one cloud's checkpoints in a RocksDB database on local disk.
 //
 // Layout: column family "manifests" maps "JOB/STEP(20 digits)" to a
-// CheckpointManifest; column family "chunks" maps a 32-byte SHA-256 to the
-// chunk's bytes (content-addressed, so a chunk already present is not written
-// again; large values live in blob files); the default column family holds
-// "latest/JOB" -> step and a "tandem-store" marker that says the database is
+// CheckpointManifest; column family "chunks" maps a 32-byte hash to the
+// chunk's bytes (BLAKE3 for manifest format 3, SHA-256 for formats 1 and 2) (content-addressed, so
+// a chunk already present is not written again; large values live in blob files); the default
+// column family holds "latest/JOB" -> step and a "tandem-store" marker that says the database is
 // ours.
 //
 // Save writes the chunks the store lacks outside the WAL and flushes them to
@@ -16,9 +16,9 @@
 // One process opens a store for writing at a time (RocksDB's lock); a second
 // Open fails with a message that says the store is locked. Methods are
 // thread-safe; Save hashes on helper threads while it writes, and Load and
-// Verify read chunks on two threads. Every tensor chunk's SHA-256 is verified
+// Verify read chunks on two threads. Every tensor chunk's hash is verified
 // on Load (and Verify, LoadLatestValid), and so is the manifest's state digest
-// where the chunk keys give it (format 2 with the default 4 MiB chunks; see
+// where the chunk keys give it (format 2 or 3 with the default 4 MiB chunks; see
 // digest.h). After a write fails (e.g. the disk is full) the store takes no
 // more writes until reopened; reads go on.
 #ifndef TANDEM_CHECKPOINT_CHECKPOINT_STORE_H_
@@ -115,13 +115,13 @@ class CheckpointStore {
                                               uint32_t keep);
 
   // Loads the checkpoint of `job` at `step` (nullopt = latest), verifying every
-  // chunk's SHA-256. NotFound for a missing job or step; DataLoss naming the
+  // chunk's hash. NotFound for a missing job or step; DataLoss naming the
   // tensor and chunk if a chunk is missing or corrupt.
   absl::StatusOr<Checkpoint> Load(const std::string& job,
                                   std::optional<uint64_t> step = std::nullopt) const;
 
   // Reads every chunk of the checkpoint of `job` at `step` and checks its size
-  // and SHA-256 as Load does, without keeping the bytes. NotFound for a missing
+  // and hash as Load does, without keeping the bytes. NotFound for a missing
   // job or step; DataLoss naming the job, step, tensor and chunk that is
   // missing or corrupt (or the manifest, if that is damaged).
   absl::Status Verify(const std::string& job, uint64_t step) const;
@@ -168,22 +168,23 @@ class CheckpointStore {
 
   // Replication: the primitives CheckpointReplication (checkpoint/replication.h)
   // moves a checkpoint between stores with, sending only the chunks the
-  // receiver lacks. Chunk keys are 32-byte SHA-256 digests; InvalidArgument for
-  // any other length.
+  // receiver lacks. Chunk keys are 32-byte hashes of the chunk's bytes, BLAKE3
+  // or (manifests of formats 1 and 2) SHA-256; InvalidArgument for any other
+  // length.
 
   // The subset of `sha256s` this store lacks, in the given order, without
-  // duplicates. A stored chunk that is unreadable or fails its SHA-256 counts
+  // duplicates. A stored chunk that is unreadable or fails its hash counts
   // as missing, so that the sender's copy replaces it. Reads (and hashes) every
   // present chunk.
   absl::StatusOr<std::vector<std::string>> MissingChunks(
       const std::vector<std::string>& sha256s) const;
 
   // The bytes of one chunk, verified. NotFound if absent; DataLoss if they fail
-  // their SHA-256.
+  // their hash.
   absl::StatusOr<std::string> ReadChunk(const std::string& sha256) const;
 
   // Stores (sha256, bytes) pairs in one synced WriteBatch after checking that
-  // each one's bytes hash to its key; InvalidArgument naming the first that
+  // each one's bytes hash to its key (by either hash); InvalidArgument naming the first that
   // does not, and then nothing is written. Chunks no committed manifest
   // references yet (a push cut short) stay, kept from garbage collection,
   // until a CommitManifest (or Save) references them or the store is closed:
@@ -194,7 +195,7 @@ class CheckpointStore {
 
   // Commits a manifest that another store's Save made, its chunks already
   // written with WriteChunks: checks that every chunk it names is present with
-  // the recorded size and SHA-256 and that the tensors' bytes give its
+  // the recorded size and its format's hash and that the tensors' bytes give its
   // state_digest (by the definition of its format_version, see digest.h), then, in one synced
   // WriteBatch, writes the manifest as given, moves the job's `latest` to it and applies Save's
   // retention with `keep` (the committed checkpoint counts as the newest). Returns the manifest.
@@ -226,7 +227,7 @@ class CheckpointStore {
   // Chunks (hash -> size) found intact under one snapshot; defined in the .cc.
   struct IntactChunks;
   // Reads every chunk `manifest` references under `snapshot` (on two
-  // threads), checking size and SHA-256; appends the tensors to `tensors`
+  // threads), checking size and hash; appends the tensors to `tensors`
   // unless it is null. Of several damaged chunks, names the first in manifest
   // order. Chunks in `intact` (may be null; only when `tensors` is null) are
   // not read again, and the ones found intact are added to it.

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "blake3.h"
 #include "checkpoint/checkpoint_store.h"
 
 namespace tandem {
@@ -59,8 +60,8 @@ void Sha256::Update(const void* data, size_t bytes) {
   CheckEvp(EVP_DigestUpdate(impl_->ctx, data, bytes), "EVP_DigestUpdate");
 }
 
-Sha256Digest Sha256::Finish() {
-  Sha256Digest digest{};
+Hash256 Sha256::Finish() {
+  Hash256 digest{};
   unsigned int len = 0;
   CheckEvp(EVP_DigestFinal_ex(impl_->ctx, digest.data(), &len), "EVP_DigestFinal_ex");
   if (len != digest.size()) CheckEvp(0, "EVP_DigestFinal_ex (length)");
@@ -69,10 +70,44 @@ Sha256Digest Sha256::Finish() {
   return digest;
 }
 
-Sha256Digest Sha256Of(const void* data, size_t bytes) {
+struct Blake3::Impl {
+  blake3_hasher hasher;
+};
+
+Blake3::Blake3() : impl_(std::make_unique<Impl>()) { blake3_hasher_init(&impl_->hasher); }
+
+Blake3::~Blake3() = default;
+
+void Blake3::Update(const void* data, size_t bytes) {
+  if (bytes == 0) return;
+  blake3_hasher_update(&impl_->hasher, data, bytes);
+}
+
+Hash256 Blake3::Finish() {
+  Hash256 hash{};
+  blake3_hasher_finalize(&impl_->hasher, hash.data(), hash.size());
+  blake3_hasher_init(&impl_->hasher);
+  return hash;
+}
+
+Hash256 Sha256Of(const void* data, size_t bytes) {
   Sha256 sha;
   sha.Update(data, bytes);
   return sha.Finish();
+}
+
+Hash256 Blake3Of(const void* data, size_t bytes) {
+  Blake3 blake3;
+  blake3.Update(data, bytes);
+  return blake3.Finish();
+}
+
+Hash256 PieceHashOf(uint32_t format_version, const void* data, size_t bytes) {
+  return format_version >= 3 ? Blake3Of(data, bytes) : Sha256Of(data, bytes);
+}
+
+const char* PieceHashName(uint32_t format_version) {
+  return format_version >= 3 ? "BLAKE3" : "SHA-256";
 }
 
 std::string ToHex(const uint8_t* data, size_t bytes) {
@@ -85,7 +120,8 @@ std::string ToHex(const uint8_t* data, size_t bytes) {
   return hex;
 }
 
-std::string StateDigest(const std::vector<TensorView>& tensors) {
+std::string StateDigest(const std::vector<TensorView>& tensors, uint32_t format_version) {
+  if (format_version < 2) return StateDigestV1(tensors);
   struct Piece {
     const uint8_t* data;
     size_t bytes;
@@ -97,13 +133,11 @@ std::string StateDigest(const std::vector<TensorView>& tensors) {
       pieces.push_back({data + offset, std::min(kStateDigestPieceBytes, t.bytes - offset)});
     }
   }
-  std::vector<Sha256Digest> digests(pieces.size());
+  std::vector<Hash256> digests(pieces.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
-    Sha256 sha;
     for (size_t i = next.fetch_add(1); i < pieces.size(); i = next.fetch_add(1)) {
-      sha.Update(pieces[i].data, pieces[i].bytes);
-      digests[i] = sha.Finish();
+      digests[i] = PieceHashOf(format_version, pieces[i].data, pieces[i].bytes);
     }
   };
   {
@@ -114,7 +148,7 @@ std::string StateDigest(const std::vector<TensorView>& tensors) {
     work();
     for (std::thread& h : helpers) h.join();
   }
-  StateDigestBuilder builder(2);
+  StateDigestBuilder builder(format_version);
   size_t next_piece = 0;
   for (const TensorView& t : tensors) {
     builder.BeginTensor(t.name, t.bytes);
@@ -152,7 +186,11 @@ void StateDigestBuilder::AddBytes(const void* data, size_t bytes) {
   }
   while (bytes > 0) {
     const size_t n = std::min(bytes, kStateDigestPieceBytes - piece_bytes_);
-    piece_.Update(p, n);
+    if (format_version_ >= 3) {
+      piece_blake3_.Update(p, n);
+    } else {
+      piece_sha256_.Update(p, n);
+    }
     piece_bytes_ += n;
     p += n;
     bytes -= n;
@@ -167,14 +205,14 @@ bool StateDigestBuilder::IsPiece(size_t bytes) const {
          bytes <= kStateDigestPieceBytes;
 }
 
-void StateDigestBuilder::AddPiece(const Sha256Digest& digest, size_t bytes) {
-  state_.Update(digest.data(), digest.size());
+void StateDigestBuilder::AddPiece(const Hash256& piece_hash, size_t bytes) {
+  state_.Update(piece_hash.data(), piece_hash.size());
   tensor_left_ -= std::min<uint64_t>(bytes, tensor_left_);
 }
 
 void StateDigestBuilder::EndPiece() {
-  const Sha256Digest digest = piece_.Finish();
-  state_.Update(digest.data(), digest.size());
+  const Hash256 piece_hash = format_version_ >= 3 ? piece_blake3_.Finish() : piece_sha256_.Finish();
+  state_.Update(piece_hash.data(), piece_hash.size());
   piece_bytes_ = 0;
 }
 

@@ -17,7 +17,7 @@
 namespace tandem {
 namespace {
 
-constexpr size_t kShaBytes = std::tuple_size<Sha256Digest>::value;
+constexpr size_t kKeyBytes = std::tuple_size<Hash256>::value;
 // Hashes per MissingChunks / FetchChunks request: ~0.6 MB of keys, far below
 // the message limit, for any number of chunks.
 constexpr size_t kHashesPerRequest = 16384;
@@ -59,10 +59,10 @@ class ChunkAssembler {
   // is then in sha256() / bytes() until the next call.
   absl::Status Add(v1::ChunkData* frame, bool* complete) {
     *complete = false;
-    if (frame->sha256().size() != kShaBytes) {
+    if (frame->sha256().size() != kKeyBytes) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("a chunk frame has a %d-byte key; keys are %d-byte SHA-256 digests",
-                          frame->sha256().size(), kShaBytes));
+          absl::StrFormat("a chunk frame has a %d-byte key; keys are %d-byte hashes",
+                          frame->sha256().size(), kKeyBytes));
     }
     if (!in_chunk_) {
       sha256_ = frame->sha256();

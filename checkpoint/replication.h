@@ -85,7 +85,7 @@ class ReplicationService final : public v1::CheckpointReplication::Service {
   grpc::Status MissingChunks(grpc::ServerContext* context, const v1::MissingChunksRequest* request,
                              v1::MissingChunksResponse* response) override;
   // Assembles each chunk from its frames (offsets in order, the last frame
-  // marked `last`), verifies its SHA-256 and writes it (synced) before reading
+  // marked `last`), verifies its hash and writes it (synced) before reading
   // the next, so a cut loses at most the chunk in flight.
   grpc::Status PutChunks(grpc::ServerContext* context, grpc::ServerReader<v1::ChunkData>* reader,
                          v1::PutChunksSummary* response) override;

@@ -10,7 +10,7 @@
 
 namespace tandem::store_internal {
 
-static_assert(kShaBytes == std::tuple_size<Sha256Digest>::value);
+static_assert(kKeyBytes == std::tuple_size<Hash256>::value);
 
 absl::Status FromRocks(const rocksdb::Status& s, const std::string& dir, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -64,10 +64,10 @@ absl::Status CheckJob(const std::string& job) {
   return absl::OkStatus();
 }
 
-absl::Status CheckChunkKey(const std::string& sha256) {
-  if (sha256.size() != kShaBytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a chunk key must be a %d-byte SHA-256, got %d bytes", kShaBytes, sha256.size()));
+absl::Status CheckChunkKey(const std::string& key) {
+  if (key.size() != kKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a chunk key must be a %d-byte hash, got %d bytes", kKeyBytes, key.size()));
   }
   return absl::OkStatus();
 }
@@ -116,9 +116,14 @@ std::string HashPrefix(const std::string& sha256) {
          "...";
 }
 
-bool HashMatches(absl::string_view sha256, const char* data, size_t size) {
-  const Sha256Digest digest = Sha256Of(data, size);
-  return absl::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()) == sha256;
+bool HashMatches(uint32_t format_version, absl::string_view key, const char* data, size_t size) {
+  const Hash256 hash = PieceHashOf(format_version, data, size);
+  return absl::string_view(reinterpret_cast<const char*>(hash.data()), hash.size()) == key;
+}
+
+bool KeyMatchesAnyFormat(absl::string_view key, const char* data, size_t size) {
+  // The current format first: its hash is the cheaper one.
+  return HashMatches(kManifestFormatVersion, key, data, size) || HashMatches(2, key, data, size);
 }
 
 std::vector<std::string> ManifestChunks(const v1::CheckpointManifest& m) {

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "checkpoint/digest.h"
 #include "tandem/v1/checkpoint.pb.h"
 
 #define TANDEM_RETURN_IF_ERROR(expr)   \
@@ -38,16 +39,20 @@ inline constexpr char kManifestsCf[] = "manifests";
 inline constexpr char kChunksCf[] = "chunks";
 inline constexpr char kMarkerKey[] = "tandem-store";
 inline constexpr char kLatestPrefix[] = "latest/";
-// Chunk keys are exactly kShaBytes long, so a marker key never is one.
+// Chunk keys are exactly kKeyBytes long, so a marker key never is one.
 inline constexpr char kPendingPrefix[] = "tandem-pending/";
 // Version of the store's layout, kept in the marker; bump on an incompatible
 // change so that an older build refuses a newer store instead of misreading
 // it. (Pending markers are compatible: an older build ignores them.)
 inline constexpr uint32_t kStoreFormatVersion = 1;
-// Manifest format 2 changed only the state digest's definition (see
-// digest.h); this build reads, verifies and commits formats 1 and 2.
-inline constexpr uint32_t kManifestFormatVersion = 2;
-inline constexpr size_t kShaBytes = 32;
+// Manifest format 2 changed only the state digest's definition; format 3
+// keys chunks by their BLAKE3 rather than their SHA-256, and hashes the state
+// digest's pieces the same way (see digest.h). This build reads, verifies and
+// commits formats 1 to 3 and writes 3. Chunks of every format share one key
+// space: a chunk is stored once whichever manifest references it.
+inline constexpr uint32_t kManifestFormatVersion = 3;
+static_assert(kManifestFormatVersion == kStateDigestFormat);
+inline constexpr size_t kKeyBytes = 32;
 inline constexpr size_t kStepDigits = 20;  // uint64 max has 20 decimal digits
 
 // Converts a RocksDB status where it enters our code; `what` says what we
@@ -56,8 +61,8 @@ absl::Status FromRocks(const rocksdb::Status& s, const std::string& dir, absl::s
 
 // InvalidArgument for an empty job name or one containing '/'.
 absl::Status CheckJob(const std::string& job);
-// InvalidArgument unless `sha256` is kShaBytes long.
-absl::Status CheckChunkKey(const std::string& sha256);
+// InvalidArgument unless `key` is kKeyBytes long.
+absl::Status CheckChunkKey(const std::string& key);
 
 std::string ManifestPrefix(const std::string& job);
 std::string ManifestKey(const std::string& job, uint64_t step);
@@ -66,17 +71,21 @@ std::string LatestKey(const std::string& job);
 std::string PendingKey(absl::string_view sha256);
 // The first key after every pending marker, as an iterator's upper bound.
 std::string PendingUpperBound();
-inline bool IsChunkKey(const rocksdb::Slice& key) { return key.size() == kShaBytes; }
+inline bool IsChunkKey(const rocksdb::Slice& key) { return key.size() == kKeyBytes; }
 
 // ReadOptions for reading chunk values. Their blob records' CRC32C is not
-// verified: every reader checks a chunk against its SHA-256 (or compares it
-// with the bytes it should hold), which the CRC adds nothing to, and this
-// RocksDB build computes CRC32C in software, slower than SHA-256.
+// verified: every reader checks a chunk against its key, a strong hash (or
+// compares it with the bytes it should hold), which the CRC adds nothing to.
 rocksdb::ReadOptions ChunkReadOptions(const rocksdb::Snapshot* snapshot = nullptr);
 
 // The first 6 bytes of a hash in hex and "...", to name a chunk in messages.
 std::string HashPrefix(const std::string& sha256);
-bool HashMatches(absl::string_view sha256, const char* data, size_t size);
+// Whether `key` is the key of a chunk of these bytes in a manifest of format
+// `format_version` (PieceHashOf: BLAKE3 from format 3, SHA-256 before).
+bool HashMatches(uint32_t format_version, absl::string_view key, const char* data, size_t size);
+// Whether `key` is these bytes' key under some manifest format: where a chunk
+// comes without its manifest (a replica's chunk writes, a lookup by key).
+bool KeyMatchesAnyFormat(absl::string_view key, const char* data, size_t size);
 // The chunk keys `m` references, in manifest order, with repeats.
 std::vector<std::string> ManifestChunks(const v1::CheckpointManifest& m);
 

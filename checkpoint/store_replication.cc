@@ -26,8 +26,9 @@ using store_internal::ChunkReadOptions;
 using store_internal::FromRocks;
 using store_internal::HashMatches;
 using store_internal::HashPrefix;
+using store_internal::KeyMatchesAnyFormat;
+using store_internal::kKeyBytes;
 using store_internal::kManifestFormatVersion;
-using store_internal::kShaBytes;
 using store_internal::PendingKey;
 
 absl::StatusOr<std::vector<std::string>> CheckpointStore::MissingChunks(
@@ -42,7 +43,7 @@ absl::StatusOr<std::vector<std::string>> CheckpointStore::MissingChunks(
     rocksdb::Status s = db_->Get(read, chunks_cf(), key, &value);
     // A damaged chunk is as good as absent: the sender's copy replaces it.
     if (s.IsNotFound() || s.IsCorruption() ||
-        (s.ok() && !HashMatches(key, value.data(), value.size()))) {
+        (s.ok() && !KeyMatchesAnyFormat(key, value.data(), value.size()))) {
       missing.push_back(key);
       continue;
     }
@@ -62,9 +63,9 @@ absl::StatusOr<std::string> CheckpointStore::ReadChunk(const std::string& sha256
         absl::StrCat("chunk ", HashPrefix(sha256), " is not in checkpoint store ", dir_));
   }
   TANDEM_RETURN_IF_ERROR(FromRocks(s, dir_, absl::StrCat("reading chunk ", HashPrefix(sha256))));
-  if (!HashMatches(sha256, value.data(), value.size())) {
+  if (!KeyMatchesAnyFormat(sha256, value.data(), value.size())) {
     return absl::DataLossError(absl::StrCat("checkpoint store ", dir_, ": chunk ",
-                                            HashPrefix(sha256), " fails its SHA-256 check"));
+                                            HashPrefix(sha256), " fails its hash check"));
   }
   return value;
 }
@@ -79,7 +80,7 @@ absl::Status CheckpointStore::WriteChunks(
   // Hashing needs no lock.
   for (const auto& [key, bytes] : chunks) {
     TANDEM_RETURN_IF_ERROR(CheckChunkKey(key));
-    if (!HashMatches(key, bytes.data(), bytes.size())) {
+    if (!KeyMatchesAnyFormat(key, bytes.data(), bytes.size())) {
       return absl::InvalidArgumentError(
           absl::StrFormat("chunk %s (%d bytes) does not hash to its key; nothing was written to %s",
                           HashPrefix(key), bytes.size(), dir_));
@@ -122,7 +123,7 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::CommitManifest(
           absl::StrCat(what, " has a tensor with an empty or duplicate name (\"", t.name(), "\")"));
     }
     for (const v1::ChunkRef& c : t.chunks()) {
-      if (c.sha256().size() != kShaBytes) {
+      if (c.sha256().size() != kKeyBytes) {
         return absl::InvalidArgumentError(
             absl::StrCat(what, ": tensor ", t.name(), " has a malformed chunk hash"));
       }
@@ -162,12 +163,13 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::CommitManifest(
             absl::StrFormat("cannot commit %s in %s: %s has %d bytes, the manifest says %d", what,
                             dir_, where, value.size(), ref.size()));
       }
-      if (!HashMatches(ref.sha256(), value.data(), value.size())) {
-        return absl::DataLossError(absl::StrCat("cannot commit ", what, " in ", dir_, ": ", where,
-                                                " fails its SHA-256 check"));
+      if (!HashMatches(manifest.format_version(), ref.sha256(), value.data(), value.size())) {
+        return absl::DataLossError(
+            absl::StrCat("cannot commit ", what, " in ", dir_, ": ", where, " fails its ",
+                         PieceHashName(manifest.format_version()), " check"));
       }
       if (state.IsPiece(value.size())) {
-        Sha256Digest key;
+        Hash256 key;
         std::memcpy(key.data(), ref.sha256().data(), key.size());
         state.AddPiece(key, value.size());
       } else {

@@ -14,6 +14,8 @@ packages=(
   libboost-program-options-dev
   libyaml-cpp-dev nlohmann-json3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # BLAKE3's C sources (the checkpoint store's chunk hash; no C library in Debian 12)
+  librust-blake3-dev
   # data, and PyTorch for checking that exported checkpoints load in Python
   dataset-fashion-mnist python3-torch
   # plots of bench/run

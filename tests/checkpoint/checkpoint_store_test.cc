@@ -178,7 +178,7 @@ TEST_F(CheckpointStoreTest, SaveThenLoadRoundTrips) {
     ASSERT_NE(store, nullptr);
     absl::StatusOr<v1::CheckpointManifest> saved = store->Save(header, views, 0);
     ASSERT_TRUE(saved.ok()) << saved.status();
-    EXPECT_EQ(saved->format_version(), 2u);
+    EXPECT_EQ(saved->format_version(), 3u);
     EXPECT_EQ(saved->total_bytes(), 3000u + 16u + 0u + 400u);
     EXPECT_EQ(saved->state_digest(), StateDigest(views));
     EXPECT_GT(saved->created_unix_ms(), 0);
@@ -188,7 +188,7 @@ TEST_F(CheckpointStoreTest, SaveThenLoadRoundTrips) {
     EXPECT_EQ(saved->tensors(0).chunks(2).size(), 952u);
     EXPECT_EQ(saved->tensors(0).chunks(0).sha256(),
               std::string(
-                  reinterpret_cast<const char*>(Sha256Of(owned[0].bytes.data(), 1024).data()), 32));
+                  reinterpret_cast<const char*>(Blake3Of(owned[0].bytes.data(), 1024).data()), 32));
     EXPECT_EQ(saved->tensors(2).chunks_size(), 0);
     EXPECT_EQ(Chunks(*store), 3u + 1u + 1u);
   }
@@ -448,7 +448,7 @@ TEST_F(CorruptionTest, FlippedByteInAChunkIsDataLossNamingTheTensor) {
   EXPECT_THAT(message, HasSubstr("job job at step 7"));
   EXPECT_THAT(message, HasSubstr("chunk 2 of 3"));
   EXPECT_THAT(message, HasSubstr(ToHex(reinterpret_cast<const uint8_t*>(key.data()), 6)));
-  EXPECT_THAT(message, HasSubstr("SHA-256"));
+  EXPECT_THAT(message, HasSubstr("BLAKE3"));
   // The manifest alone is intact.
   EXPECT_TRUE(store->LoadManifest("job").ok());
 }

@@ -353,8 +353,8 @@ std::set<std::string> ChunkKeys(const std::vector<Owned>& tensors) {
   std::set<std::string> keys;
   for (const Owned& t : tensors) {
     for (size_t offset = 0; offset < t.bytes.size(); offset += kChunkBytes) {
-      const Sha256Digest digest =
-          Sha256Of(t.bytes.data() + offset, std::min(kChunkBytes, t.bytes.size() - offset));
+      const Hash256 digest =
+          Blake3Of(t.bytes.data() + offset, std::min(kChunkBytes, t.bytes.size() - offset));
       keys.emplace(reinterpret_cast<const char*>(digest.data()), digest.size());
     }
   }

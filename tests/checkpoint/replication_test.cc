@@ -63,6 +63,27 @@ std::set<std::string> ChunkSet(const v1::CheckpointManifest& m) {
   return keys;
 }
 
+// `m` as an older build wrote it, in manifest format 1 or 2: its chunks keyed
+// by their SHA-256 (returned in `chunks`, to write first) and no state digest.
+// `model` holds the tensors' bytes, in manifest order.
+v1::CheckpointManifest AsOlderFormat(v1::CheckpointManifest m, uint32_t format,
+                                     const std::vector<Owned>& model,
+                                     std::vector<std::pair<std::string, std::string>>* chunks) {
+  m.set_format_version(format);
+  m.clear_state_digest();
+  for (int t = 0; t < m.tensors_size(); ++t) {
+    size_t offset = 0;
+    for (v1::ChunkRef& ref : *m.mutable_tensors(t)->mutable_chunks()) {
+      std::string bytes = model[t].bytes.substr(offset, ref.size());
+      offset += ref.size();
+      const Hash256 sha = Sha256Of(bytes.data(), bytes.size());
+      ref.set_sha256(std::string(reinterpret_cast<const char*>(sha.data()), sha.size()));
+      chunks->emplace_back(ref.sha256(), std::move(bytes));
+    }
+  }
+  return m;
+}
+
 uint64_t TotalBytes(const std::vector<Owned>& tensors) {
   uint64_t n = 0;
   for (const Owned& t : tensors) n += t.bytes.size();
@@ -346,7 +367,7 @@ TEST_F(ReplicationTest, PullFetchesOnlyMissingChunks) {
 TEST_F(ReplicationTest, PutChunksRefusesAStreamEndingInsideAChunk) {
   Serve(*target_);
   const std::string bytes = Pattern(3 * kMiB, 9);
-  const Sha256Digest digest = Sha256Of(bytes.data(), bytes.size());
+  const Hash256 digest = Blake3Of(bytes.data(), bytes.size());
   const std::string key(reinterpret_cast<const char*>(digest.data()), digest.size());
   auto stub = v1::CheckpointReplication::NewStub(grpc::CreateChannel(address_, creds_));
   grpc::ClientContext context;
@@ -405,20 +426,40 @@ TEST_F(ReplicationTest, CommitManifestVerifiesChunksAndDigest) {
   ASSERT_TRUE(commit.ok()) << commit.status();
   ExpectSameCheckpoint(*target_, 4, model);
 
-  // A format 1 manifest (from an older build) is checked by format 1's
-  // digest definition, and only by that one.
-  v1::CheckpointManifest format1 = manifest;
-  format1.set_step(5);
-  format1.set_format_version(1);
-  commit = target_->CommitManifest(format1, 0);
+  // A manifest of format 1 or 2 (from an older build) has chunks keyed by
+  // SHA-256 and is checked by its own format's digest definition, and only by
+  // that one; its chunks share the store with format 3's.
+  uint64_t step = 5;
+  for (uint32_t format : {1u, 2u}) {
+    SCOPED_TRACE(format);
+    std::vector<std::pair<std::string, std::string>> sha_chunks;
+    v1::CheckpointManifest older = AsOlderFormat(manifest, format, model, &sha_chunks);
+    older.set_step(step);
+    older.set_state_digest(manifest.state_digest());
+    ASSERT_TRUE(target_->WriteChunks(sha_chunks).ok());
+    commit = target_->CommitManifest(older, 0);
+    EXPECT_EQ(commit.status().code(), absl::StatusCode::kDataLoss) << commit.status();
+    EXPECT_THAT(commit.status().message(), HasSubstr("state digest"));
+    older.set_state_digest(format == 1 ? StateDigestV1(Views(model))
+                                       : StateDigest(Views(model), 2));
+    commit = target_->CommitManifest(older, 0);
+    ASSERT_TRUE(commit.ok()) << commit.status();
+    absl::StatusOr<Checkpoint> loaded = target_->Load("job", step);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->manifest.format_version(), format);
+    EXPECT_TRUE(target_->Verify("job", step).ok());
+    ++step;
+  }
+
+  // Format 2's chunks are checked by SHA-256: the same manifest with the
+  // BLAKE3 keys of format 3 does not commit.
+  v1::CheckpointManifest mixed = manifest;
+  mixed.set_step(step);
+  mixed.set_format_version(2);
+  mixed.set_state_digest(StateDigest(Views(model), 2));
+  commit = target_->CommitManifest(mixed, 0);
   EXPECT_EQ(commit.status().code(), absl::StatusCode::kDataLoss) << commit.status();
-  format1.set_state_digest(StateDigestV1(Views(model)));
-  commit = target_->CommitManifest(format1, 0);
-  ASSERT_TRUE(commit.ok()) << commit.status();
-  absl::StatusOr<Checkpoint> loaded = target_->Load("job", 5);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(loaded->manifest.format_version(), 1u);
-  EXPECT_TRUE(target_->Verify("job", 5).ok());
+  EXPECT_THAT(commit.status().message(), HasSubstr("fails its SHA-256 check"));
 }
 
 // Chunks a push wrote wait for their manifest: while the store is open,
@@ -445,7 +486,7 @@ TEST_F(ReplicationTest, PushedChunksWaitForTheirManifestUntilTheStoreIsReopened)
 
   // A chunk of a push that never commits stays while the store is open...
   const std::string stray = Pattern(kMiB, 78);
-  const Sha256Digest digest = Sha256Of(stray.data(), stray.size());
+  const Hash256 digest = Blake3Of(stray.data(), stray.size());
   const std::string stray_key(reinterpret_cast<const char*>(digest.data()), digest.size());
   ASSERT_TRUE(target_->WriteChunks({{stray_key, stray}}).ok());
   ASSERT_TRUE(target_->Save(Header("other", 3), Views(next), 1).ok());

@@ -195,7 +195,7 @@ TEST_F(VerifyTest, CorruptLatestFallsBackToThePreviousCheckpoint) {
   EXPECT_THAT(std::string(bad.message()), HasSubstr("tensor w, chunk 2 of 3"));
   EXPECT_THAT(std::string(bad.message()),
               HasSubstr(ToHex(reinterpret_cast<const uint8_t*>(bad_key.data()), 6)));
-  EXPECT_THAT(std::string(bad.message()), HasSubstr("SHA-256"));
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("BLAKE3"));
   EXPECT_TRUE(store->Verify("job", 2).ok());
   EXPECT_TRUE(store->Verify("job", 1).ok());
 

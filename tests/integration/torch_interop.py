@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blake3_ref import blake3
+
 
 class Mlp(nn.Module):
     def __init__(self):
@@ -60,15 +62,15 @@ def test_accuracy(model, data_dir):
 
 
 def state_digest(state_dict):
-    """tandem's StateDigest: per tensor its name, NUL, byte count (8 bytes LE), then
-    the SHA-256 of each 4 MiB piece of its bytes."""
+    """tandem's StateDigest (format 3): a SHA-256 over, per tensor, its name, NUL,
+    byte count (8 bytes LE), then the BLAKE3 of each 4 MiB piece of its bytes."""
     piece = 4 << 20
     h = hashlib.sha256()
     for name, tensor in state_dict.items():
         data = tensor.detach().contiguous().numpy().tobytes()
         h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
         for offset in range(0, len(data), piece):
-            h.update(hashlib.sha256(data[offset:offset + piece]).digest())
+            h.update(blake3(data[offset:offset + piece]))
     return h.hexdigest()
 
 
