@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
   if (!KeepFreedMemoryForCheckpoints()) std::fprintf(stderr, "malloc settings refused\n");
   size_t mib = 128;
   std::string root = "/tmp";
-  int repeats = 3;
+  int repeats = 7;
   bool save_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
                    "usage: checkpoint_bench [--mib N] [--dir DIR] [--repeats N] [--save-only]\n"
                    "  --mib N      size of the synthetic state (default 128)\n"
                    "  --dir DIR    where the stores and the raw file go (default /tmp)\n"
-                   "  --repeats N  save/restore repeats, the median is reported (default 3)\n"
+                   "  --repeats N  save/restore repeats, the median is reported (default 7)\n"
                    "  --save-only  measure the save and restore throughput only\n");
       return arg == "--help" ? 0 : 2;
     }
