@@ -48,8 +48,10 @@ inline constexpr uint32_t kStoreFormatVersion = 1;
 // Manifest format 2 changed only the state digest's definition; format 3
 // keys chunks by their BLAKE3 rather than their SHA-256, and hashes the state
 // digest's pieces the same way (see digest.h). This build reads, verifies and
-// commits formats 1 to 3 and writes 3. Chunks of every format share one key
-// space: a chunk is stored once whichever manifest references it.
+// commits formats 1 to 3 and writes 3. Chunks of every format live in one
+// column family; the same bytes under SHA-256 and under BLAKE3 are two chunks.
+// An older build refuses format 3 manifests, and the chunks a newer store
+// sends it (they do not hash to their keys by SHA-256).
 inline constexpr uint32_t kManifestFormatVersion = 3;
 static_assert(kManifestFormatVersion == kStateDigestFormat);
 inline constexpr size_t kKeyBytes = 32;
