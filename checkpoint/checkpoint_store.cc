@@ -439,9 +439,9 @@ absl::StatusOr<v1::CheckpointManifest> CheckpointStore::Save(v1::CheckpointManif
     if (digest_from_keys) digest.BeginTensor(t.name, t.bytes);
     for (size_t offset = 0; offset < t.bytes; offset += options_.chunk_bytes, ++next) {
       const rocksdb::Slice bytes(spans[next].data, spans[next].size);
-      const Hash256 sha = hasher.Digest(next);
-      if (digest_from_keys) digest.AddPiece(sha, bytes.size());
-      std::string key(reinterpret_cast<const char*>(sha.data()), sha.size());
+      const Hash256 hash = hasher.Digest(next);
+      if (digest_from_keys) digest.AddPiece(hash, bytes.size());
+      std::string key(reinterpret_cast<const char*>(hash.data()), hash.size());
       v1::ChunkRef* ref = record->add_chunks();
       ref->set_sha256(key);
       ref->set_size(bytes.size());
