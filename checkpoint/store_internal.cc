@@ -122,8 +122,11 @@ bool HashMatches(uint32_t format_version, absl::string_view key, const char* dat
 }
 
 bool KeyMatchesAnyFormat(absl::string_view key, const char* data, size_t size) {
-  // The current format first: its hash is the cheaper one.
-  return HashMatches(kManifestFormatVersion, key, data, size) || HashMatches(2, key, data, size);
+  // The current format (BLAKE3) first: its hash is the cheaper one; then
+  // SHA-256, the hash of formats 1 and 2.
+  constexpr uint32_t kLastSha256Format = 2;
+  return HashMatches(kManifestFormatVersion, key, data, size) ||
+         HashMatches(kLastSha256Format, key, data, size);
 }
 
 std::vector<std::string> ManifestChunks(const v1::CheckpointManifest& m) {

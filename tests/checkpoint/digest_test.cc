@@ -120,17 +120,29 @@ class StateDigestFormatTest : public testing::TestWithParam<uint32_t> {};
 
 INSTANTIATE_TEST_SUITE_P(Formats, StateDigestFormatTest, testing::Values(2u, 3u));
 
-TEST_P(StateDigestFormatTest, MatchesTheDocumentedLayout) {
-  const std::string w = "weights!";
-  const std::string b = "bias";
+// The digest of two small tensors, "w" and "b", spelled out: format 1
+// hashes their bytes, later formats the PieceOf them (one piece each).
+const std::string kW = "weights!";
+const std::string kB = "bias";
+
+std::string SpelledOutDigestOfWAndB(uint32_t format) {
   Sha256 sha;
   for (const auto& [name, bytes] :
-       {std::pair{std::string("w"), w}, std::pair{std::string("b"), b}}) {
+       {std::pair{std::string("w"), kW}, std::pair{std::string("b"), kB}}) {
     AddHeader(sha, name, bytes.size());
-    const Hash256 piece = PieceOf(GetParam(), bytes.data(), bytes.size());
-    sha.Update(piece.data(), piece.size());
+    if (format == 1) {
+      sha.Update(bytes.data(), bytes.size());
+    } else {
+      const Hash256 piece = PieceOf(format, bytes.data(), bytes.size());
+      sha.Update(piece.data(), piece.size());
+    }
   }
-  EXPECT_EQ(StateDigest({View("w", w), View("b", b)}, GetParam()), ToHex(sha.Finish()));
+  return ToHex(sha.Finish());
+}
+
+TEST_P(StateDigestFormatTest, MatchesTheDocumentedLayout) {
+  EXPECT_EQ(StateDigest({View("w", kW), View("b", kB)}, GetParam()),
+            SpelledOutDigestOfWAndB(GetParam()));
 }
 
 TEST_P(StateDigestFormatTest, HashesPiecesOfFourMiB) {
@@ -179,16 +191,9 @@ TEST(StateDigestTest, EmptyStateIsHashOfNothing) { EXPECT_EQ(StateDigest({}), He
 
 // Format 1 manifests keep their definition: one SHA-256 over every byte.
 TEST(StateDigestV1Test, MatchesTheFormat1Layout) {
-  const std::string w = "weights!";
-  const std::string b = "bias";
-  Sha256 sha;
-  for (const auto& [name, bytes] :
-       {std::pair{std::string("w"), w}, std::pair{std::string("b"), b}}) {
-    AddHeader(sha, name, bytes.size());
-    sha.Update(bytes.data(), bytes.size());
-  }
-  EXPECT_EQ(StateDigestV1({View("w", w), View("b", b)}), ToHex(sha.Finish()));
-  EXPECT_NE(StateDigestV1({View("w", w), View("b", b)}), StateDigest({View("w", w), View("b", b)}));
+  const std::vector<TensorView> views = {View("w", kW), View("b", kB)};
+  EXPECT_EQ(StateDigestV1(views), SpelledOutDigestOfWAndB(1));
+  EXPECT_NE(StateDigestV1(views), StateDigest(views));
 }
 
 // A builder fed bytes in any split, or piece digests where they fit, gives

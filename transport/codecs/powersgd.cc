@@ -307,13 +307,15 @@ class PowerSgdCodec final : public Codec {
   size_t PBytes() const { return FactorBytes(p_size_, p_columns_.size()); }
   size_t QBytes() const { return FactorBytes(q_size_, q_columns_.size()); }
 
+  // Values in factor columns that tile a factor in order.
+  static size_t TiledValues(const std::vector<Segment>& columns) {
+    return columns.empty() ? 0 : columns.back().offset + columns.back().length;
+  }
+
   // Writes the factor columns of `from` (which tile it in order) to `to`.
   void WriteFactors(const float* from, const std::vector<Segment>& columns, char* to) const {
     if (factors_ == v1::FACTOR_PRECISION_FP32) {
-      if (!columns.empty()) {
-        const Segment& last = columns.back();
-        std::memcpy(to, from, (last.offset + last.length) * sizeof(float));
-      }
+      std::memcpy(to, from, TiledValues(columns) * sizeof(float));
       return;
     }
     for (const Segment& c : columns) {
@@ -353,10 +355,7 @@ class PowerSgdCodec final : public Codec {
   // Decodes what WriteFactors wrote into `to`.
   void ReadFactors(const char* from, const std::vector<Segment>& columns, float* to) const {
     if (factors_ == v1::FACTOR_PRECISION_FP32) {
-      if (!columns.empty()) {
-        const Segment& last = columns.back();
-        std::memcpy(to, from, (last.offset + last.length) * sizeof(float));
-      }
+      std::memcpy(to, from, TiledValues(columns) * sizeof(float));
       return;
     }
     for (const Segment& c : columns) {
