@@ -1,7 +1,7 @@
 # Thin wrapper over infra/install-deps.sh, CMake and CTest.
 #   make demo   install, build, train the example CNN on Fashion-MNIST
 #   make test   install, build, run every test
-#   make asan   the unit tests again under AddressSanitizer + UBSan
+#   make asan   the unit tests again under AddressSanitizer + UBSan (torch-free ones)
 #   make bench  install, build, run every benchmark and rewrite BENCHMARKS.md
 #               (BENCH_FLAGS=--quick for a pipeline check)
 BUILD ?= build
@@ -21,8 +21,10 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# One ctest job per core; the tests say how many cores they need
+# (tests/CMakeLists.txt: PROCESSORS, RUN_SERIAL).
 test: build
-	cd $(BUILD) && ctest --output-on-failure --timeout 900
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 -j $(JOBS)
 
 demo: build
 	infra/demo.sh $(BUILD)
@@ -30,10 +32,13 @@ demo: build
 bench: build
 	bench/run --build $(BUILD) $(BENCH_FLAGS)
 
-asan: deps
+# The unit tests again under ASan + UBSan: only their targets are built (no
+# libtorch, no tandem binary); tests that run `tandem` use the regular build's.
+asan: build
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTANDEM_SANITIZE=ON
-	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure -L unit --timeout 900
+	cmake --build $(ASAN_BUILD) -j $(JOBS) --target asan_unit_tests
+	cd $(ASAN_BUILD) && TANDEM_BIN=$(abspath $(BUILD))/bin/tandem ASAN_OPTIONS=detect_leaks=0 \
+	  ctest --output-on-failure -L unit --timeout 900 -j $(JOBS)
 
 format:
 	clang-format -i $$(git ls-files '*.h' '*.cc')

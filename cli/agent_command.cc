@@ -53,7 +53,13 @@ Options)");
        "TLS material from `tandem certs init` (mutual TLS everywhere)")
       ("insecure", po::bool_switch(&options.insecure), "plaintext instead of mutual TLS")
       ("exchange-timeout-ms", po::value(&options.exchange_timeout_ms)->default_value(10000),
-       "a peer cloud silent this long in an exchange is reported to the coordinator")
+       "how long a pool's leader waits to connect to the other clouds' leaders")
+      ("link-liveness-ms", po::value(&options.liveness_ms)->default_value(4000),
+       "a peer cloud whose leader the link heard nothing from this long (no frame, ack or "
+       "heartbeat) is reported to the coordinator as lost")
+      ("stuck-after-ms", po::value(&options.stuck_after_ms)->default_value(60000),
+       "a peer cloud that is alive but makes no progress this long (or 20 of its recent "
+       "steps, if longer) is reported as stuck; a slow one is waited for")
       ("heartbeat-ms", po::value(&heartbeat_ms)->default_value(1000),
        "how often to heartbeat and fetch assignments")
       ("sample-log", po::value(&options.sample_log_dir)->value_name("DIR"),

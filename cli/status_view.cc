@@ -64,6 +64,8 @@ std::string PoolLine(const v1::PoolStatus& p) {
   std::string line = absl::StrFormat("  pool %d  %-12s %3d workers  %-8s step %d", p.index(),
                                      p.cloud(), p.workers(), PoolStateName(p.state()), p.step());
   if (!p.error().empty()) line += "  " + p.error();
+  // Alive peers its leader waits for (slow, not lost).
+  if (!p.waiting_for().empty()) line += "  waiting for " + p.waiting_for();
   return line;
 }
 
@@ -120,7 +122,8 @@ nlohmann::json JobJson(const v1::JobStatus& job) {
                      {"state", PoolStateName(pool.state())},
                      {"launch", pool.launch()},
                      {"step", pool.step()},
-                     {"error", pool.error()}});
+                     {"error", pool.error()},
+                     {"waiting_for", pool.waiting_for()}});
   }
   nlohmann::json events = nlohmann::json::array();
   for (const v1::JobEvent& e : job.events()) {

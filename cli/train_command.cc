@@ -106,6 +106,8 @@ int TrainCommand(const std::vector<std::string>& args) {
   double wan_rate_mbit = 0;
   double wan_loss = 0;
   double exchange_timeout_s = 60;
+  double liveness_s = 4;
+  double stuck_after_s = 60;
   std::string events_file;
   po::options_description flags(kTrainUsage);
   // clang-format off
@@ -130,7 +132,12 @@ int TrainCommand(const std::vector<std::string>& args) {
       ("wan-loss", po::value(&wan_loss)->default_value(0)->value_name("P"),
        "emulated WAN connection resets per MB sent (0 = none)")
       ("exchange-timeout", po::value(&exchange_timeout_s)->default_value(60)->value_name("S"),
-       "fail the job when a peer pool is silent this many seconds")
+       "fail the job when the pools cannot connect to each other within S seconds")
+      ("liveness", po::value(&liveness_s)->default_value(4)->value_name("S"),
+       "fail the job when the link hears nothing from a peer pool for S seconds")
+      ("stuck-after", po::value(&stuck_after_s)->default_value(60)->value_name("S"),
+       "fail the job when a peer pool is alive but makes no progress for S seconds (or 20 "
+       "of its recent steps, if longer); a slow peer is waited for")
       ("events", po::value(&events_file)->value_name("FILE"),
        "append every event of the job (start, progress, eval, checkpoint, warning, done) "
        "to FILE as one JSON object per line")
@@ -163,9 +170,10 @@ int TrainCommand(const std::vector<std::string>& args) {
     return kExitUsage;
   }
 
-  if (exchange_timeout_s <= 0 || wan_rate_mbit < 0 || wan_loss < 0) {
-    std::cerr << "tandem train: --exchange-timeout must be positive, --wan-rate and "
-                 "--wan-loss not negative\n";
+  if (exchange_timeout_s <= 0 || liveness_s <= 0 || stuck_after_s <= 0 || wan_rate_mbit < 0 ||
+      wan_loss < 0) {
+    std::cerr << "tandem train: --exchange-timeout, --liveness and --stuck-after must be "
+                 "positive, --wan-rate and --wan-loss not negative\n";
     return kExitUsage;
   }
   if (spec->pools_size() > 1 && !insecure) {
@@ -182,6 +190,8 @@ int TrainCommand(const std::vector<std::string>& args) {
   options.wan_rate_mbit = wan_rate_mbit;
   options.wan_loss = wan_loss;
   options.exchange_timeout_ms = static_cast<uint32_t>(exchange_timeout_s * 1000);
+  options.liveness_ms = static_cast<uint32_t>(liveness_s * 1000);
+  options.stuck_after_ms = static_cast<uint32_t>(stuck_after_s * 1000);
   options.spec_path = std::filesystem::absolute(spec_path).string();
   options.store_dir = std::filesystem::absolute(store_dir).string();
   options.resume = resume;

@@ -30,7 +30,11 @@ int WorkerCommand(int argc, char** argv) {
       ("certs", po::value(&options.certs_dir), "mutual TLS material for the link")
       ("insecure", po::bool_switch(&options.insecure), "plaintext link")
       ("exchange-timeout-ms", po::value(&options.exchange_timeout_ms),
-       "fail when a peer is silent this long")
+       "how long the leader waits to connect to its peers when a link starts")
+      ("liveness-ms", po::value(&options.liveness_ms),
+       "a peer the link heard nothing from this long is lost (link dead)")
+      ("stuck-after-ms", po::value(&options.stuck_after_ms),
+       "an alive peer without progress this long (at least) is lost (stuck)")
       ("coordinator", po::value(&options.coordinator),
        "follow this coordinator's plans (a job run by `tandem agent`)")
       ("launch", po::value(&options.launch), "the coordinator's launch number of this pool")

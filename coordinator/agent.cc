@@ -56,6 +56,10 @@ std::optional<std::string> LogText(const WorkerEvent& event) {
   }
   if (event.kind == "stopped") return absl::StrFormat("stopped at step %d", p.step());
   if (event.kind == "plan") return absl::StrCat("new plan: ", event.message);
+  if (event.kind == "waiting") {
+    if (event.message.empty()) return absl::StrFormat("step %d: the peers delivered", p.step());
+    return absl::StrCat("waiting for ", event.message);
+  }
   return std::nullopt;
 }
 
@@ -367,6 +371,10 @@ absl::Status Agent::StartGroup(const v1::Assignment& assignment) {
                                    options_.wan_listen,
                                    "--exchange-timeout-ms",
                                    std::to_string(options_.exchange_timeout_ms),
+                                   "--liveness-ms",
+                                   std::to_string(options_.liveness_ms),
+                                   "--stuck-after-ms",
+                                   std::to_string(options_.stuck_after_ms),
                                    "--resume"};
   if (options_.insecure) {
     argv.push_back("--insecure");
@@ -407,12 +415,14 @@ void Agent::ReadGroup(Group* group) {
   base.set_generation(group->generation);
   std::string error;
   bool done = false;
+  std::string waiting_for;  // the leader's last "waiting" event
   auto last_progress_log = std::chrono::steady_clock::now() - kProgressLogEvery;
   while (std::optional<std::string> line = group->process->ReadLine()) {
     v1::PoolReport report = base;
     std::optional<WorkerEvent> event = ParseWorkerEvent(*line);
     std::optional<std::string> text = *line;
     if (event.has_value()) {
+      if (event->kind == "waiting") waiting_for = event->message;
       text = LogText(*event);
       if (event->kind == "progress") {
         const auto now = std::chrono::steady_clock::now();
@@ -438,6 +448,7 @@ void Agent::ReadGroup(Group* group) {
         report.set_done(true);
       }
     }
+    report.set_waiting_for(waiting_for);
     if (text.has_value()) {
       v1::LogLine* log = report.add_logs();
       log->set_time_unix_ms(NowUnixMs());

@@ -56,7 +56,11 @@ struct AgentOptions {
   std::string tandem_binary;  // the executable the launcher starts as `tandem worker`
   std::string work_dir;       // spec files of the groups; default STORE/.agent
   std::string sample_log_dir;  // passed to the workers (test mode)
+  // Passed to the workers (worker/trainer.h WorkerOptions): connecting to
+  // peers, and when a peer in an exchange is lost.
   uint32_t exchange_timeout_ms = 10000;
+  uint32_t liveness_ms = 4000;
+  uint32_t stuck_after_ms = 60000;
   std::chrono::milliseconds heartbeat_interval{1000};
 };
 

@@ -457,6 +457,7 @@ void CoordinatorState::LosePool(Job& job, uint32_t index, const std::string& rea
   const bool was_stopping = x.stopping;
   pool.set_state(v1::POOL_STATE_LOST);
   pool.set_error(reason);
+  pool.clear_waiting_for();
   x.stopping = false;
   Touch(job, txn, /*sync=*/true);
   if (Terminal(job.status.state())) return;
@@ -1340,6 +1341,10 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
     return txn.Commit();
   }
   if (report.done()) x.done_seen = true;
+  if (pool.waiting_for() != report.waiting_for()) {
+    pool.set_waiting_for(Running(pool.state()) && !report.exited() ? report.waiting_for() : "");
+    Touch(*job, txn, /*sync=*/false);
+  }
   if (report.has_progress() && Running(pool.state())) {
     UpdateProgress(*job, index, report.progress(), txn);
   }
@@ -1422,11 +1427,16 @@ absl::StatusOr<v1::Plan> CoordinatorState::SyncPlan(const v1::SyncPlanRequest& r
         const int64_t loss_ms = NowMs() - request.unreachable_for_ms();
         for (uint32_t peer : request.unreachable_pools()) {
           if (peer == index || !Contains(job->active, peer)) continue;
-          LosePool(*job, peer,
-                   absl::StrFormat("%s's leader could not reach %s for %.1f s at step %d",
-                                   pool.cloud(), job->status.pools(peer).cloud(),
-                                   request.unreachable_for_ms() / 1000.0, request.step()),
-                   loss_ms, txn);
+          // The leader's own words say which: link dead, stuck or too slow.
+          const std::string reason =
+              request.loss_reason().empty()
+                  ? absl::StrFormat("%s's leader could not reach %s for %.1f s at step %d",
+                                    pool.cloud(), job->status.pools(peer).cloud(),
+                                    request.unreachable_for_ms() / 1000.0, request.step())
+                  : absl::StrFormat("%s lost at step %d, as %s's leader found: %s",
+                                    job->status.pools(peer).cloud(), request.step(), pool.cloud(),
+                                    request.loss_reason());
+          LosePool(*job, peer, reason, loss_ms, txn);
         }
       }
     }

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -243,6 +244,10 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
       worker.push_back(absl::StrJoin(peers, ","));
       worker.push_back("--exchange-timeout-ms");
       worker.push_back(std::to_string(options.exchange_timeout_ms));
+      worker.push_back("--liveness-ms");
+      worker.push_back(std::to_string(options.liveness_ms));
+      worker.push_back("--stuck-after-ms");
+      worker.push_back(std::to_string(options.stuck_after_ms));
       if (options.insecure) {
         worker.push_back("--insecure");
       } else {
@@ -269,8 +274,9 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
   std::string error;
   std::string init_digest;
   std::vector<int> exit_codes(pools, -1);
-  // Once a pool has failed, the others fail by themselves within their
-  // exchange deadline; only if they have not by then are they stopped.
+  // Once a pool has failed, the others fail by themselves once their link
+  // finds it dead (or they cannot connect to it); only if they have not by
+  // then are they stopped.
   // (Signalling an mpirun that is already aborting can crash it.)
   absl::Time stop_others_at = absl::InfiniteFuture();
   for (int open = pools; open > 0;) {
@@ -288,7 +294,9 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
       exit_codes[pool] = exit_code.ok() ? *exit_code : 1;
       if (exit_codes[pool] != 0 && stop_others_at == absl::InfiniteFuture()) {
         stop_others_at =
-            absl::Now() + absl::Milliseconds(options.exchange_timeout_ms) + absl::Seconds(10);
+            absl::Now() +
+            absl::Milliseconds(std::max(options.liveness_ms, options.exchange_timeout_ms)) +
+            absl::Seconds(10);
       }
       continue;
     }

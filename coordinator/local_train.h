@@ -28,7 +28,10 @@ struct LocalTrainOptions {
   // certs_dir (from `tandem certs init`), or plaintext when insecure.
   std::string certs_dir;
   bool insecure = false;
-  uint32_t exchange_timeout_ms = 60000;  // a peer silent this long fails the step
+  uint32_t exchange_timeout_ms = 60000;  // connecting to the peers
+  // When a peer in an exchange is lost (worker/trainer.h WorkerOptions).
+  uint32_t liveness_ms = 4000;
+  uint32_t stuck_after_ms = 60000;
   // WAN emulation between the pools (tandem-wan-proxy in front of each
   // leader): one-way delay, rate limit, and resets per MB.
   uint32_t wan_delay_ms = 0;

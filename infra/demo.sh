@@ -101,6 +101,19 @@ watch_pid=""
 
 final=$(client status "$job" --output json)
 say "Done"
-echo "$final" | json '"state %s after %d steps; final test accuracy %.4f\nbytes sent between the clouds %.1f MB, compression ratio %.1fx\nrecovery: cloud-a lost -> next completed step %.1f s (detected after %.1f s), restarts %d" % (d["state"], d["step"], d["test_accuracy"], d["wan_bytes_sent"] / 1e6, d["compression_ratio"], d["last_recover_s"], d["last_detect_s"], d["restarts"])'
+echo "$final" | json '"state %s after %d steps; final test accuracy %.4f\nbytes sent between the clouds %.1f MB, compression ratio %.1fx\nrestarts %d" % (d["state"], d["step"], d["test_accuracy"], d["wan_bytes_sent"] / 1e6, d["compression_ratio"], d["restarts"])'
+# Every loss and every recovery, in order; the demo caused exactly one loss
+# (cloud-a, frozen), and a healthy cloud must never have been dropped.
+echo "losses and recoveries:"
+echo "$final" | json '"\n".join("  %s: %s" % ("lost     " if e["to"] == "RECOVERING" else "recovered", e["reason"]) for e in d["events"] if e["to"] == "RECOVERING" or e["reason"].startswith("recovered")) or "  none"'
+losses=$(echo "$final" | json 'len([e for e in d["events"] if e["to"] == "RECOVERING"])')
+intended=$(echo "$final" | json 'len([e for e in d["events"] if e["to"] == "RECOVERING" and "cloud-a lost" in e["reason"]])')
+# The recovery from the intended loss: the first "recovered" event after it.
+echo "$final" | json '(lambda i: "recovery: cloud-a lost -> next completed step: %s" % next((e["reason"].split(": ", 1)[1] for e in d["events"][i:] if e["reason"].startswith("recovered")), "none"))(next(i for i, e in enumerate(d["events"]) if e["to"] == "RECOVERING"))' || true
+echo "all events:"
 echo "$final" | json '"\n".join("  %s %s -> %s: %s" % (e.get("cloud") or "", e["from"], e["to"], e["reason"]) for e in d["events"])'
 [[ $(echo "$final" | json 'd["state"]') == SUCCEEDED ]]
+if [[ "$losses" != 1 || "$intended" != 1 ]]; then
+  echo "demo: expected exactly one loss (cloud-a, frozen by the demo); there were $losses" >&2
+  exit 1
+fi

@@ -66,6 +66,8 @@ class GrpcLink::Impl {
   absl::StatusOr<std::vector<std::string>> Exchange(uint64_t round, absl::string_view payload,
                                                     std::chrono::milliseconds deadline);
   LinkStats Stats() const;
+  std::vector<PeerHealth> Peers() const;
+  void ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit);
 
  private:
   class Service;
@@ -104,6 +106,7 @@ class GrpcLink::Impl {
     Connection* connection = nullptr;                  // the live attempt, for cancellation
     bool up = false;
     bool ever_up = false;
+    absl::Time last_write;  // of the live connection: for heartbeats
     bool drop_acks = false;  // test hook: the stream was "cut"
   };
 
@@ -141,6 +144,12 @@ class GrpcLink::Impl {
     // `in` came from; 0 until one is seen.
     uint64_t session = 0;
     std::map<uint64_t, InRound> in;  // by round
+    // Liveness (PeerHealth): the last message of any kind from it, and the
+    // progress its heartbeats reported.
+    absl::Time last_heard;
+    uint64_t progress = 0;
+    uint32_t recent_unit_ms = 0;
+    absl::Time progress_changed;
   };
 
   // Sending side.
@@ -156,6 +165,9 @@ class GrpcLink::Impl {
   bool HasWork(Peer& peer, Slot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Requeue(Peer& peer, Slot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SeePeerSession(Peer& peer, uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A message came from the peer; with a heartbeat, its progress too.
+  void Heard(Peer& peer, const v1::ExchangeHeartbeat* heartbeat) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ExchangeMessage MakeHeartbeat() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, int peer, int slot) const;
   absl::Duration Backoff(int failures) const;
   ExchangeMessage MakeHello(uint32_t stream_index) const;
@@ -199,6 +211,9 @@ class GrpcLink::Impl {
   uint64_t frames_written_ ABSL_GUARDED_BY(mu_) = 0;      // for testing.corrupt_frame
   uint64_t new_frames_written_ ABSL_GUARDED_BY(mu_) = 0;  // for testing.cut_after_frames
   LinkStats stats_ ABSL_GUARDED_BY(mu_);
+  // This pool's progress, as ReportProgress last set it.
+  uint64_t progress_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t recent_unit_ms_ ABSL_GUARDED_BY(mu_) = 0;
 
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
@@ -219,12 +234,15 @@ class GrpcLink::Impl::Service final : public v1::GradientExchange::Service {
 // Lifetime
 
 absl::Status GrpcLink::Impl::Start() {
+  const absl::Time now = absl::Now();
   for (int p = 0; p < options_.pool_count; ++p) {
     if (p == options_.pool_index) {
       peers_.push_back(nullptr);
       continue;
     }
     auto peer = std::make_unique<Peer>(p);
+    peer->last_heard = now;
+    peer->progress_changed = now;
     for (int s = 0; s < options_.streams_per_peer; ++s) {
       peer->slots.push_back(std::make_unique<Slot>(p, s));
     }
@@ -413,6 +431,7 @@ GrpcLink::Impl::Outcome GrpcLink::Impl::RunConnection(Slot* slot) {
     ++peer.streams_up;
     if (slot->ever_up) ++stats_.reconnects;
     slot->ever_up = true;
+    slot->last_write = absl::Now();
     peer.refused_by_peer = absl::OkStatus();
     cv_.SignalAll();
     WriteFrames(slot, &connection, generation);
@@ -448,11 +467,32 @@ void GrpcLink::Impl::WriteFrames(Slot* slot, Connection* connection, uint64_t ge
   Peer& peer = *peers_[slot->peer];
   const int window = options_.max_unacked_frames_per_stream;
   while (true) {
+    // Stream 0 of each peer carries the heartbeats.
+    bool heartbeat = false;
     while (!shutdown_ && !connection->done && slot->generation == generation &&
            !(slot->inflight < window && HasWork(peer, *slot))) {
-      cv_.Wait(&mu_);
+      if (slot->index != 0) {
+        cv_.Wait(&mu_);
+        continue;
+      }
+      const absl::Time due = slot->last_write + ToAbsl(options_.heartbeat_interval);
+      if (absl::Now() >= due) {
+        heartbeat = true;
+        break;
+      }
+      cv_.WaitWithDeadline(&mu_, due);
     }
     if (shutdown_ || connection->done || slot->generation != generation) return;
+    if (heartbeat) {
+      const ExchangeMessage message = MakeHeartbeat();
+      stats_.wire_bytes_sent += message.ByteSizeLong();
+      slot->last_write = absl::Now();
+      mu_.Unlock();
+      const bool ok = connection->stream->Write(message);
+      mu_.Lock();
+      if (!ok) return;
+      continue;
+    }
 
     std::deque<size_t>& source = peer.orphans.empty() ? slot->queue : peer.orphans;
     const size_t index = source.front();
@@ -492,6 +532,7 @@ void GrpcLink::Impl::WriteFrames(Slot* slot, Connection* connection, uint64_t ge
     const bool ok = connection->stream->Write(message);
 
     mu_.Lock();
+    slot->last_write = absl::Now();
     if (!ok) return;  // the connection thread sees the failure too; the status says why
     if (cut) {
       connection->error = "cut by the test hook";
@@ -548,6 +589,22 @@ void GrpcLink::Impl::SeePeerSession(Peer& peer, uint64_t session) {
   cv_.SignalAll();
 }
 
+void GrpcLink::Impl::Heard(Peer& peer, const v1::ExchangeHeartbeat* heartbeat) {
+  const absl::Time now = absl::Now();
+  peer.last_heard = now;
+  if (heartbeat == nullptr) return;
+  if (heartbeat->progress() != peer.progress) peer.progress_changed = now;
+  peer.progress = heartbeat->progress();
+  peer.recent_unit_ms = heartbeat->recent_unit_ms();
+}
+
+ExchangeMessage GrpcLink::Impl::MakeHeartbeat() const {
+  ExchangeMessage message;
+  message.mutable_heartbeat()->set_progress(progress_);
+  message.mutable_heartbeat()->set_recent_unit_ms(recent_unit_ms_);
+  return message;
+}
+
 void GrpcLink::Impl::ReadConnection(Slot* slot, Connection* connection,
                                     std::shared_ptr<v1::GradientExchange::Stub> stub) {
   // Blocks until the channel connects or fails, or the call is cancelled.
@@ -583,15 +640,23 @@ void GrpcLink::Impl::ReadConnection(Slot* slot, Connection* connection,
       connection->session = message.hello().session_id();
       peer.cloud = message.hello().cloud();
       SeePeerSession(peer, connection->session);
+      Heard(peer, nullptr);
     }
     cv_.SignalAll();
   }
   while (ok && stream->Read(&message)) {
     absl::MutexLock lock(&mu_);
+    if (message.has_heartbeat()) {
+      // From a replaced incarnation, it says nothing of the live one.
+      if (connection->session == peer.session) Heard(peer, &message.heartbeat());
+      continue;
+    }
     if (!message.has_ack()) {
-      connection->error = "the peer answered a frame with something other than an ExchangeAck";
+      connection->error =
+          "the peer answered a frame with something other than an ExchangeAck or heartbeat";
       break;
     }
+    if (connection->session == peer.session) Heard(peer, nullptr);
     HandleAck(slot, *connection, message.ack());
   }
   absl::MutexLock lock(&mu_);
@@ -689,6 +754,7 @@ grpc::Status GrpcLink::Impl::Serve(ServerStream* stream) {
     peer.refused_by_us = absl::OkStatus();
     if (peer.cloud.empty()) peer.cloud = hello.cloud();
     SeePeerSession(peer, session);
+    Heard(peer, nullptr);
   }
   {
     const ExchangeMessage answer = MakeHello(hello.stream_index());
@@ -698,9 +764,24 @@ grpc::Status GrpcLink::Impl::Serve(ServerStream* stream) {
     stats_.wire_bytes_sent += wire;
   }
   while (stream->Read(&message)) {
+    if (message.has_heartbeat()) {
+      ExchangeMessage reply;
+      {
+        absl::MutexLock lock(&mu_);
+        if (session == peer.session) Heard(peer, &message.heartbeat());
+        reply = MakeHeartbeat();
+        stats_.wire_bytes_sent += reply.ByteSizeLong();
+      }
+      if (!stream->Write(reply)) break;
+      continue;
+    }
     if (!message.has_frame()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "expected an ExchangeFrame after the hello");
+                          "expected an ExchangeFrame or ExchangeHeartbeat after the hello");
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (session == peer.session) Heard(peer, nullptr);
     }
     const v1::ExchangeFrame& frame = message.frame();
     ExchangeMessage reply;
@@ -991,6 +1072,35 @@ LinkStats GrpcLink::Impl::Stats() const {
   return stats_;
 }
 
+std::vector<PeerHealth> GrpcLink::Impl::Peers() const {
+  const absl::Time now = absl::Now();
+  auto ms = [](absl::Duration d) {
+    return std::chrono::milliseconds(absl::ToInt64Milliseconds(std::max(d, absl::ZeroDuration())));
+  };
+  absl::MutexLock lock(&mu_);
+  std::vector<PeerHealth> out;
+  for (const auto& peer : peers_) {
+    if (peer == nullptr) continue;
+    PeerHealth health;
+    health.pool = peer->index;
+    health.silent_for = ms(now - peer->last_heard);
+    health.streams_up = peer->streams_up;
+    health.progress = peer->progress;
+    health.recent_unit = std::chrono::milliseconds(peer->recent_unit_ms);
+    health.progress_unchanged_for = ms(now - peer->progress_changed);
+    health.delivered = !out_active_ || PeerDone(*peer, out_round_);
+    out.push_back(health);
+  }
+  return out;
+}
+
+void GrpcLink::Impl::ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) {
+  absl::MutexLock lock(&mu_);
+  progress_ = std::max(progress_, units);
+  recent_unit_ms_ = static_cast<uint32_t>(
+      std::clamp<int64_t>(recent_unit.count(), 0, std::numeric_limits<uint32_t>::max()));
+}
+
 // ---------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<GrpcLink>> GrpcLink::Create(const GrpcLinkOptions& options) {
@@ -1022,10 +1132,10 @@ absl::StatusOr<std::unique_ptr<GrpcLink>> GrpcLink::Create(const GrpcLinkOptions
   if (options.listen_address.empty()) return invalid("listen_address is empty");
   if (options.keepalive_time.count() <= 0 || options.keepalive_timeout.count() <= 0 ||
       options.initial_backoff.count() <= 0 || options.max_backoff < options.initial_backoff ||
-      options.handshake_timeout.count() <= 0) {
+      options.handshake_timeout.count() <= 0 || options.heartbeat_interval.count() <= 0) {
     return invalid(
-        "keepalive_time, keepalive_timeout, initial_backoff and handshake_timeout must be "
-        "positive, and max_backoff at least initial_backoff");
+        "keepalive_time, keepalive_timeout, initial_backoff, handshake_timeout and "
+        "heartbeat_interval must be positive, and max_backoff at least initial_backoff");
   }
   auto impl = std::make_unique<Impl>(options);
   absl::Status s = impl->Start();
@@ -1051,5 +1161,9 @@ absl::StatusOr<std::vector<std::string>> GrpcLink::Exchange(uint64_t round,
   return impl_->Exchange(round, payload, deadline);
 }
 LinkStats GrpcLink::Stats() const { return impl_->Stats(); }
+std::vector<PeerHealth> GrpcLink::Peers() const { return impl_->Peers(); }
+void GrpcLink::ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) {
+  impl_->ReportProgress(units, recent_unit);
+}
 
 }  // namespace tandem

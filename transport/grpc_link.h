@@ -18,6 +18,15 @@
 //   receiver -> ExchangeAck{step, offset}           frame stored (or a
 //               duplicate, or of a round the receiver is done with), or
 //               ExchangeAck{step, offset, resend}   checksum failed; not stored
+//   sender   -> ExchangeHeartbeat{progress, recent_unit_ms}   when the stream
+//               wrote nothing for heartbeat_interval (stream 0 of each peer)
+//   receiver -> ExchangeHeartbeat{its own progress, recent_unit_ms}
+// Every message from a peer, either way, counts as a sign of life
+// (PeerHealth::silent_for); heartbeats also carry the owners' progress
+// counters (Link::ReportProgress), so a peer that is busy outside the
+// exchange -- evaluating, checkpointing, slowed down -- is seen alive and
+// making progress, and one whose process or path is gone goes silent within
+// about a heartbeat interval plus the liveness window its caller chooses.
 // A payload is cut into frames of frame_bytes (the last one shorter; an empty
 // payload is one empty frame). Frames are dealt round-robin to the streams;
 // at most max_unacked_frames_per_stream frames are unacknowledged on a stream.
@@ -64,7 +73,7 @@
 namespace tandem {
 
 // Bumped on any change a peer running the previous version would misread.
-inline constexpr uint32_t kExchangeProtocolVersion = 1;
+inline constexpr uint32_t kExchangeProtocolVersion = 2;  // 2: heartbeats
 // Well under gRPC's default 4 MiB message limit.
 inline constexpr size_t kMaxFrameBytes = size_t{1} << 20;
 
@@ -97,6 +106,9 @@ struct GrpcLinkOptions {
   // keepalive_time + keepalive_timeout even while no round is running.
   std::chrono::milliseconds keepalive_time{10000};
   std::chrono::milliseconds keepalive_timeout{10000};
+  // An idle link sends each peer a heartbeat this often (and gets one back),
+  // so that PeerHealth::silent_for stays below it while the peer is alive.
+  std::chrono::milliseconds heartbeat_interval{500};
   // A stream that fails is retried after initial_backoff, doubled on each
   // further failure up to max_backoff; also gRPC's own reconnect backoff.
   std::chrono::milliseconds initial_backoff{100};
@@ -143,6 +155,8 @@ class GrpcLink final : public Link {
   absl::StatusOr<std::vector<std::string>> Exchange(uint64_t round, absl::string_view payload,
                                                     std::chrono::milliseconds deadline) override;
   LinkStats Stats() const override;
+  std::vector<PeerHealth> Peers() const override;
+  void ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) override;
 
  private:
   class Impl;

@@ -10,7 +10,12 @@
 namespace tandem {
 
 InProcessHub::InProcessHub(int pool_count)
-    : pool_count_(pool_count), attached_(pool_count, false), closed_(pool_count, false) {}
+    : pool_count_(pool_count),
+      attached_(pool_count, false),
+      closed_(pool_count, false),
+      left_at_(pool_count, absl::InfinitePast()),
+      progress_(pool_count, Progress{0, std::chrono::milliseconds(0), absl::Now()}),
+      in_flight_(pool_count) {}
 
 void InProcessHub::Collect() {
   for (auto it = rounds_.begin(); it != rounds_.end();) {
@@ -42,6 +47,8 @@ InProcessLink::~InProcessLink() {
   absl::MutexLock lock(&hub_->mu_);
   hub_->attached_[pool_index_] = false;
   hub_->closed_[pool_index_] = true;
+  hub_->left_at_[pool_index_] = absl::Now();
+  hub_->in_flight_[pool_index_].reset();
   hub_->Collect();
   hub_->cv_.SignalAll();
 }
@@ -95,6 +102,7 @@ absl::StatusOr<std::vector<std::string>> InProcessLink::Exchange(
     stats_.wire_bytes_sent += payload.size() * (n - 1);
   }
   hub_->cv_.SignalAll();
+  hub_->in_flight_[pool_index_] = round;
   while (true) {
     std::vector<std::string> missing;
     for (int p = 0; p < n; ++p) {
@@ -120,6 +128,7 @@ absl::StatusOr<std::vector<std::string>> InProcessLink::Exchange(
     if (p != pool_index_) received += result[p].size();
   }
   r.taken[pool_index_] = true;
+  hub_->in_flight_[pool_index_].reset();
   hub_->Collect();
   completed_any_ = true;
   last_completed_ = round;
@@ -131,6 +140,43 @@ absl::StatusOr<std::vector<std::string>> InProcessLink::Exchange(
 LinkStats InProcessLink::Stats() const {
   absl::MutexLock lock(&stats_mu_);
   return stats_;
+}
+
+std::vector<PeerHealth> InProcessLink::Peers() const {
+  const absl::Time now = absl::Now();
+  auto ms = [](absl::Duration d) {
+    return std::chrono::milliseconds(absl::ToInt64Milliseconds(std::max(d, absl::ZeroDuration())));
+  };
+  absl::MutexLock lock(&hub_->mu_);
+  const std::optional<uint64_t> round = hub_->in_flight_[pool_index_];
+  std::vector<PeerHealth> out;
+  for (int p = 0; p < hub_->pool_count_; ++p) {
+    if (p == pool_index_) continue;
+    PeerHealth health;
+    health.pool = p;
+    const bool alive = hub_->attached_[p] && !hub_->closed_[p];
+    health.silent_for = alive || hub_->left_at_[p] == absl::InfinitePast()
+                            ? std::chrono::milliseconds(0)
+                            : ms(now - hub_->left_at_[p]);
+    health.streams_up = alive ? 1 : 0;
+    health.progress = hub_->progress_[p].units;
+    health.recent_unit = hub_->progress_[p].recent_unit;
+    health.progress_unchanged_for = ms(now - hub_->progress_[p].changed);
+    if (round.has_value()) {
+      auto it = hub_->rounds_.find(*round);
+      health.delivered = it != hub_->rounds_.end() && it->second.payloads[p].has_value();
+    }
+    out.push_back(health);
+  }
+  return out;
+}
+
+void InProcessLink::ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) {
+  absl::MutexLock lock(&hub_->mu_);
+  InProcessHub::Progress& progress = hub_->progress_[pool_index_];
+  if (units > progress.units) progress.changed = absl::Now();
+  progress.units = std::max(progress.units, units);
+  progress.recent_unit = recent_unit;
 }
 
 }  // namespace tandem

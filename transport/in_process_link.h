@@ -3,8 +3,10 @@
 // digest checks, failover); the same contract as GrpcLink without a network.
 //
 // Payloads are copied through the hub; payload_bytes_sent counts a payload
-// once per peer, and wire_bytes_sent equals it. Thread-safety: as Link; the
-// hub is shared by the pools' links and is thread-safe.
+// once per peer, and wire_bytes_sent equals it. A peer is alive (silent_for
+// zero) while its link exists; once it is gone, silent_for counts from when
+// it left. Progress travels through the hub at once. Thread-safety: as Link;
+// the hub is shared by the pools' links and is thread-safe.
 #ifndef TANDEM_TRANSPORT_IN_PROCESS_LINK_H_
 #define TANDEM_TRANSPORT_IN_PROCESS_LINK_H_
 
@@ -21,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "transport/link.h"
 
 namespace tandem {
@@ -49,6 +52,16 @@ class InProcessHub {
   absl::CondVar cv_;
   std::vector<bool> attached_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> closed_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Time> left_at_ ABSL_GUARDED_BY(mu_);
+  // Each pool's progress (Link::ReportProgress) and when it last changed.
+  struct Progress {
+    uint64_t units = 0;
+    std::chrono::milliseconds recent_unit{0};
+    absl::Time changed;
+  };
+  std::vector<Progress> progress_ ABSL_GUARDED_BY(mu_);
+  // The round each pool's Exchange is in, if any.
+  std::vector<std::optional<uint64_t>> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Round> rounds_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -71,6 +84,8 @@ class InProcessLink final : public Link {
   absl::StatusOr<std::vector<std::string>> Exchange(uint64_t round, absl::string_view payload,
                                                     std::chrono::milliseconds deadline) override;
   LinkStats Stats() const override;
+  std::vector<PeerHealth> Peers() const override;
+  void ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) override;
 
  private:
   InProcessLink(std::shared_ptr<InProcessHub> hub, int pool_index)

@@ -7,8 +7,16 @@
 // InProcessLink (transport/in_process_link.h, pools as threads of one process,
 // for tests of callers).
 //
+// Liveness: besides the rounds, a link knows of each peer whether it is alive
+// (any message from it recently, heartbeats included, which the link sends by
+// itself while idle) and how its owner's work goes (the progress counter each
+// owner publishes with ReportProgress). Callers use Peers() to tell a peer
+// that is gone from one that is busy; the link itself never gives up on a
+// peer except through Exchange's deadline.
+//
 // Thread-safety: Connect and Exchange are called by one thread at a time (the
-// pool leader's training thread); Stats may be called from any thread.
+// pool leader's training thread); Stats, Peers and ReportProgress may be
+// called from any thread.
 #ifndef TANDEM_TRANSPORT_LINK_H_
 #define TANDEM_TRANSPORT_LINK_H_
 
@@ -47,6 +55,28 @@ struct LinkStats {
   uint64_t reconnects = 0;
 };
 
+// What a link knows of one peer's health.
+struct PeerHealth {
+  int pool = 0;
+  // Since the last message of any kind from the peer (frames, acks, hellos,
+  // heartbeats, on any stream, either way); since the link was created if
+  // none came yet.
+  std::chrono::milliseconds silent_for{0};
+  // How many of our sending streams to the peer are up.
+  int streams_up = 0;
+  // The peer's progress counter and the longest time one of its recent units
+  // took, as it last reported them (0 until it has), and how long the
+  // counter has not changed, by this pool's clock (since the link was
+  // created if it never did).
+  uint64_t progress = 0;
+  std::chrono::milliseconds recent_unit{0};
+  std::chrono::milliseconds progress_unchanged_for{0};
+  // Of the round in flight (the last Exchange that has not completed):
+  // whether the peer delivered its payload and acknowledged ours. True when
+  // no round is in flight.
+  bool delivered = true;
+};
+
 class Link {
  public:
   virtual ~Link() = default;
@@ -82,6 +112,14 @@ class Link {
                                                             std::chrono::milliseconds deadline) = 0;
 
   virtual LinkStats Stats() const = 0;
+
+  // One entry per peer (every pool but this one), in pool order.
+  virtual std::vector<PeerHealth> Peers() const = 0;
+
+  // Publishes this pool's progress to its peers (see PeerHealth): `units`
+  // counts the work its training loop has done and must not decrease;
+  // `recent_unit` is the longest time one unit took it recently.
+  virtual void ReportProgress(uint64_t units, std::chrono::milliseconds recent_unit) = 0;
 };
 
 }  // namespace tandem

@@ -47,6 +47,7 @@ absl::StatusOr<v1::Plan> PlanClient::Sync(uint64_t generation, const PlanReport&
   request.set_step(report.step);
   for (uint32_t pool : report.unreachable_pools) request.add_unreachable_pools(pool);
   request.set_unreachable_for_ms(report.unreachable_for_ms);
+  request.set_loss_reason(report.reason);
   request.set_ready_to_join(report.ready_to_join);
   request.set_wait_ms(static_cast<uint32_t>(wait.count()));
   grpc::ClientContext context;

@@ -34,6 +34,7 @@ struct PlanReport {
   uint64_t step = 0;
   std::vector<uint32_t> unreachable_pools;
   uint32_t unreachable_for_ms = 0;
+  std::string reason;  // why they were given up on (SyncPlanRequest.loss_reason)
   bool ready_to_join = false;
 };
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -30,6 +31,7 @@
 #include "worker/job_spec.h"
 #include "worker/models.h"
 #include "worker/optimizer.h"
+#include "worker/peer_wait.h"
 #include "worker/plan_client.h"
 #include "worker/sampler.h"
 #include "worker/worker_events.h"
@@ -45,10 +47,13 @@ constexpr int64_t kEvalBatch = 1000;
 constexpr double kProgressEverySeconds = 0.5;
 // The most pools a job may have (a plan travels to the ranks in a fixed array).
 constexpr int kMaxPools = 32;
-// With a coordinator, an exchange waits in slices this long, looking for a
-// new plan between them (a lost peer is usually known to the coordinator
-// before the exchange deadline, from its lease).
+// An exchange waits in slices this long; between them the leader looks for a
+// new plan (a lost peer is often known to the coordinator first, from its
+// lease) and judges the peers it waits for (worker/peer_wait.h).
 constexpr std::chrono::milliseconds kExchangeSlice{200};
+// A wait this long is shown (a "waiting" event, status), and again this often.
+constexpr std::chrono::seconds kShowWaitingAfter{2};
+constexpr std::chrono::seconds kShowWaitingEvery{5};
 // How long a leader waits for the coordinator to decide after reporting an
 // unreachable peer, and a joining pool for the pools it must reach.
 constexpr std::chrono::minutes kPlanDecisionDeadline{2};
@@ -269,12 +274,13 @@ class Trainer {
   std::chrono::milliseconds ExchangeDeadline() const {
     return std::chrono::milliseconds(options_.exchange_timeout_ms);
   }
-  // Rounds of the link: two at start-up, then four per step index (codec
-  // rounds, then the digest check after that step).
+  // Rounds of the link: two at start-up, then five per step index (codec
+  // rounds, then the evaluation and the digest check after that step).
   static constexpr uint64_t kRoundResume = 0;
   static constexpr uint64_t kRoundState = 1;
-  static constexpr int kDigestRound = 3;
-  static uint64_t RoundOf(uint64_t step, int round) { return 2 + step * 4 + round; }
+  static constexpr int kEvalRound = 3;
+  static constexpr int kDigestRound = 4;
+  static uint64_t RoundOf(uint64_t step, int round) { return 2 + step * 5 + round; }
   absl::Status BroadcastState();
   // Rank 0: hands the state of this step to the store, on the saver's
   // thread when checkpoint.async is set. Failures become warnings. An async
@@ -287,7 +293,18 @@ class Trainer {
   // Rank 0: reports saves that finished (after waiting for all, if `wait`).
   void ReportSaves(bool wait);
   void ReportSave(const AsyncSaver::Finished& finished);
-  absl::StatusOr<std::pair<double, double>> Evaluate();
+  // Collective: test accuracy and loss. The test set is sharded across every
+  // rank of every active pool (ranks numbered as for the training batch);
+  // the sums go through the pool allreduce and one exchange round, so every
+  // pool gets the same figures at 1/N of the cost of evaluating it alone.
+  // `round`: the link round the leaders sum the results in.
+  absl::StatusOr<std::pair<double, double>> Evaluate(uint64_t round);
+  // This rank's loss and correct-prediction sums over test samples
+  // [begin, end).
+  std::pair<double, double> EvaluateSlice(uint32_t begin, uint32_t end);
+  // The end of a unit of work (a step, an evaluation batch, a checkpoint
+  // save): the leader's progress counter, published to the peers.
+  void TickProgress();
   absl::Status CheckReplicasAgree(const std::string& digest);
 
   const WorkerOptions& options_;
@@ -348,11 +365,16 @@ class Trainer {
   // Collective: the leader follows pending_plan_, then every rank the layout.
   absl::Status SwitchPlan();
   absl::Status JoinRunningJob(bool* have_state);
-  // Leader: reports the active peers as unreachable and waits for the
-  // coordinator's decision (a plan of a newer generation).
-  absl::StatusOr<v1::Plan> AwaitPlanAfterLoss(uint32_t waited_ms);
-  // Leader: Link::Exchange with this job's deadline; with a coordinator,
-  // Aborted (and pending_plan_ set) when the plan changed while waiting.
+  // Leader: reports `lost` (pool indices) to the coordinator, lost `lost_for`
+  // ago for `reason`, and waits for its decision (a plan of a newer
+  // generation).
+  absl::StatusOr<v1::Plan> AwaitPlanAfterLoss(const std::vector<uint32_t>& lost,
+                                              std::chrono::milliseconds lost_for,
+                                              const std::string& reason);
+  // Leader: Link::Exchange, waiting for as long as the peers are alive and
+  // progressing (worker/peer_wait.h). A lost peer fails it (DeadlineExceeded,
+  // naming the peer and why) or, with a coordinator, is reported, and then
+  // Aborted (with pending_plan_ set); so does a plan change while waiting.
   absl::StatusOr<std::vector<std::string>> LeaderExchange(uint64_t round,
                                                           absl::string_view payload);
   void StopLink();
@@ -375,6 +397,9 @@ class Trainer {
   bool stopped_ = false;
   uint64_t wan_bytes_retired_ = 0;  // sent by links since replaced
   int sample_log_fd_ = -1;
+  ProgressMeter progress_;  // ticked on every rank; published by the leader
+  double last_eval_seconds_ = 0;  // the last Evaluate's wall time
+  PeerWaitPolicy wait_policy_;
 };
 
 at::Tensor Trainer::Images(const MnistSplit& split, const uint32_t* indices, int64_t n) const {
@@ -654,6 +679,7 @@ absl::Status Trainer::StartLink() {
   absl::StatusOr<std::unique_ptr<GrpcLink>> created = GrpcLink::Create(link);
   if (!created.ok()) return created.status();
   link_ = std::move(*created);
+  link_->ReportProgress(progress_.units(), progress_.longest_recent());
   // Fail fast on a wrong address, certificate or job before any work.
   return link_->Connect(ExchangeDeadline());
 }
@@ -695,43 +721,71 @@ absl::Status Trainer::StartStandby() {
 
 absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
                                                                  absl::string_view payload) {
-  if (plan_client_ == nullptr) return link_->Exchange(round, payload, ExchangeDeadline());
   const Clock::time_point start = Clock::now();
+  Clock::time_point shown_at = start - kShowWaitingEvery;
+  bool shown = false;
+  const auto cloud_of = [this](uint32_t link_index) {
+    return spec_.pools(static_cast<int>(active_[link_index])).cloud();
+  };
+  const auto end_waiting = [&] {
+    if (shown) Emit({{"event", "waiting"}, {"message", ""}, {"step", step_}});
+  };
   while (true) {
+    absl::StatusOr<std::vector<std::string>> all = link_->Exchange(round, payload, kExchangeSlice);
+    if (all.ok() || (!absl::IsDeadlineExceeded(all.status()) && !absl::IsUnavailable(all.status()))) {
+      end_waiting();
+      return all;
+    }
+    if (plan_client_ != nullptr) {
+      std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
+      if (newer.has_value()) {
+        end_waiting();
+        pending_plan_ = std::move(newer);
+        return absl::AbortedError("the job's plan changed during an exchange");
+      }
+    }
     const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-    absl::StatusOr<std::vector<std::string>> all =
-        link_->Exchange(round, payload,
-                        std::max(std::chrono::milliseconds(1),
-                                 std::min(kExchangeSlice, ExchangeDeadline() - waited)));
-    if (all.ok()) return all;
-    if (!absl::IsDeadlineExceeded(all.status()) && !absl::IsUnavailable(all.status())) {
-      return all.status();
+    const std::vector<PeerHealth> peers = link_->Peers();
+    const PeerJudgement judgement =
+        JudgePeers(peers, waited, progress_.longest_recent(), wait_policy_, cloud_of);
+    if (judgement.verdict == PeerVerdict::kWait) {
+      if (waited >= kShowWaitingAfter && Clock::now() - shown_at >= kShowWaitingEvery) {
+        std::vector<std::string> names;
+        for (uint32_t peer : judgement.waiting) names.push_back(cloud_of(peer));
+        Emit({{"event", "waiting"},
+              {"message", absl::StrFormat("%s (alive) for %.0f s at step %d",
+                                          absl::StrJoin(names, ", "), waited.count() / 1000.0,
+                                          step_)},
+              {"step", step_}});
+        shown_at = Clock::now();
+        shown = true;
+      }
+      continue;
     }
-    std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
-    if (newer.has_value()) {
-      pending_plan_ = std::move(newer);
-      return absl::AbortedError("the job's plan changed during an exchange");
+    end_waiting();
+    const std::string message = absl::StrFormat("exchange of round %d: %s", round, judgement.reason);
+    if (plan_client_ == nullptr) {
+      return absl::DeadlineExceededError(absl::StrCat(message, " (", all.status().message(), ")"));
     }
-    if (Clock::now() - start >= ExchangeDeadline()) {
-      Emit({{"event", "warning"},
-            {"message", absl::StrFormat("exchange of round %d: %s; asking the coordinator", round,
-                                        all.status().message())}});
-      absl::StatusOr<v1::Plan> plan = AwaitPlanAfterLoss(static_cast<uint32_t>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()));
-      if (!plan.ok()) return plan.status();
-      pending_plan_ = std::move(*plan);
-      return absl::AbortedError("the job's plan changed after a peer was lost");
-    }
+    Emit({{"event", "warning"}, {"message", absl::StrCat(message, "; asking the coordinator")}});
+    std::vector<uint32_t> lost;
+    for (uint32_t peer : judgement.lost) lost.push_back(active_[peer]);
+    absl::StatusOr<v1::Plan> plan = AwaitPlanAfterLoss(lost, judgement.lost_for, judgement.reason);
+    if (!plan.ok()) return plan.status();
+    pending_plan_ = std::move(*plan);
+    return absl::AbortedError("the job's plan changed after a peer was lost");
   }
 }
 
-absl::StatusOr<v1::Plan> Trainer::AwaitPlanAfterLoss(uint32_t waited_ms) {
+absl::StatusOr<v1::Plan> Trainer::AwaitPlanAfterLoss(const std::vector<uint32_t>& lost,
+                                                     std::chrono::milliseconds lost_for,
+                                                     const std::string& reason) {
   PlanReport report;
   report.step = step_;
-  report.unreachable_for_ms = waited_ms;
-  for (uint32_t pool : active_) {
-    if (pool != static_cast<uint32_t>(pool_index_)) report.unreachable_pools.push_back(pool);
-  }
+  report.unreachable_for_ms = static_cast<uint32_t>(
+      std::min<int64_t>(lost_for.count(), std::numeric_limits<uint32_t>::max()));
+  report.unreachable_pools = lost;
+  report.reason = reason;
   const Clock::time_point deadline = Clock::now() + kPlanDecisionDeadline;
   absl::Status last;
   while (Clock::now() < deadline) {
@@ -744,10 +798,15 @@ absl::StatusOr<v1::Plan> Trainer::AwaitPlanAfterLoss(uint32_t waited_ms) {
     }
   }
   return absl::DeadlineExceededError(absl::StrFormat(
-      "the peers of pool %s were unreachable and the coordinator did not decide within %d s%s",
-      spec_.pools(pool_index_).cloud(),
+      "the peers of pool %s were lost (%s) and the coordinator did not decide within %d s%s",
+      spec_.pools(pool_index_).cloud(), reason,
       std::chrono::duration_cast<std::chrono::seconds>(kPlanDecisionDeadline).count(),
       last.ok() ? "" : absl::StrCat(" (", last.message(), ")")));
+}
+
+void Trainer::TickProgress() {
+  progress_.Tick();
+  if (link_ != nullptr) link_->ReportProgress(progress_.units(), progress_.longest_recent());
 }
 
 absl::Status Trainer::AdoptPlan(const v1::Plan& plan) {
@@ -846,8 +905,13 @@ absl::Status Trainer::FollowPlan(v1::Plan plan, bool* have_state) {
       return status;
     }
     if (Clock::now() >= deadline) return status;
+    std::vector<uint32_t> others;
+    for (uint32_t pool : active_) {
+      if (pool != static_cast<uint32_t>(pool_index_)) others.push_back(pool);
+    }
     absl::StatusOr<v1::Plan> newer =
-        AwaitPlanAfterLoss(static_cast<uint32_t>(options_.exchange_timeout_ms));
+        AwaitPlanAfterLoss(others, ExchangeDeadline(),
+                           absl::StrCat("not connected: ", status.message()));
     if (!newer.ok()) return newer.status();
     plan = std::move(*newer);
   }
@@ -1170,27 +1234,93 @@ void Trainer::ReportSave(const AsyncSaver::Finished& finished) {
         {"stall_ms", stall_ms}});
 }
 
-absl::StatusOr<std::pair<double, double>> Trainer::Evaluate() {
+std::pair<double, double> Trainer::EvaluateSlice(uint32_t begin, uint32_t end) {
   torch::NoGradGuard no_grad;
-  const auto [begin, end] = GlobalSampler::RankSlice(test_.count, comm_.rank(), comm_.size());
-  std::vector<uint32_t> indices(test_.count);
-  for (uint32_t i = 0; i < test_.count; ++i) indices[i] = i;
-  double sums[2] = {0, 0};  // loss, correct
+  std::vector<uint32_t> indices(end - begin);
+  for (uint32_t i = begin; i < end; ++i) indices[i - begin] = i;
+  double loss = 0;
+  double correct = 0;
   for (uint32_t first = begin; first < end; first += kEvalBatch) {
     const int64_t n = std::min<int64_t>(kEvalBatch, end - first);
-    at::Tensor logits = model_.network->Forward(Images(test_, indices.data() + first, n));
+    at::Tensor logits = model_.network->Forward(Images(test_, indices.data() + (first - begin), n));
     at::Tensor labels =
         torch::from_blob(const_cast<uint8_t*>(test_.labels.data()) + first, {n}, torch::kUInt8)
             .to(torch::kLong);
-    sums[0] +=
-        torch::nn::functional::cross_entropy(
-            logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-            .item<double>();
-    sums[1] += logits.argmax(1).eq(labels).sum().item<double>();
+    loss += torch::nn::functional::cross_entropy(
+                logits, labels,
+                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                .item<double>();
+    correct += logits.argmax(1).eq(labels).sum().item<double>();
+    TickProgress();
   }
-  absl::Status status = comm_.AllreduceSum(sums, 2);
-  if (!status.ok()) return status;
-  return std::make_pair(sums[1] / test_.count, sums[0] / test_.count);
+  return {loss, correct};
+}
+
+absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
+  const Clock::time_point start = Clock::now();
+  // Across the active pools when there are several; within this pool alone
+  // when a plan change interrupted that (the change takes effect at the next
+  // step).
+  bool across = active_.size() > 1;
+  while (true) {
+    const uint32_t shard = across ? rank_offset_ + comm_.rank() : comm_.rank();
+    const uint32_t shards = across ? total_ranks_ : comm_.size();
+    const auto [begin, end] = GlobalSampler::RankSlice(test_.count, shard, shards);
+    double sums[2];  // loss, correct
+    std::tie(sums[0], sums[1]) = EvaluateSlice(begin, end);
+    absl::Status status = comm_.AllreduceSum(sums, 2);
+    if (!status.ok()) return status;
+    if (across) {
+      enum : int64_t { kSummed = 0, kFailed = 1, kAlone = 2 };
+      int64_t action = kSummed;
+      absl::Status leader_status;
+      if (comm_.rank() == 0) {
+        // Delayed mode: the link is free once the exchange in flight is
+        // done (its gradient is applied at the next step, as always).
+        if (exchange_thread_.joinable()) exchange_thread_.join();
+        if (!exchange_status_.ok()) {
+          leader_status = exchange_status_;
+          action = kFailed;
+        } else if (link_ == nullptr) {
+          action = kAlone;
+        } else {
+          const std::string mine(reinterpret_cast<const char*>(sums), sizeof(sums));
+          absl::StatusOr<std::vector<std::string>> all =
+              LeaderExchange(round, mine);
+          if (all.ok()) {
+            sums[0] = sums[1] = 0;
+            for (const std::string& p : *all) {
+              double theirs[2];
+              if (p.size() != sizeof(theirs)) {
+                leader_status = absl::DataLossError("a peer sent a malformed evaluation payload");
+                action = kFailed;
+                break;
+              }
+              std::memcpy(theirs, p.data(), sizeof(theirs));
+              sums[0] += theirs[0];  // in pool order, so every pool sums alike
+              sums[1] += theirs[1];
+            }
+          } else if (absl::IsAborted(all.status()) && pending_plan_.has_value()) {
+            action = kAlone;
+          } else {
+            leader_status = all.status();
+            action = kFailed;
+          }
+        }
+      }
+      status = comm_.Broadcast(&action, sizeof(action), 0);
+      if (!status.ok()) return status;
+      if (action == kFailed) return ShareStatus(comm_, leader_status);
+      if (action == kAlone) {
+        across = false;
+        continue;
+      }
+      status = comm_.Broadcast(sums, sizeof(sums), 0);
+      if (!status.ok()) return status;
+    }
+    last_eval_seconds_ = SecondsSince(start);
+    return std::make_pair(sums[1] / test_.count, sums[0] / test_.count);
+  }
 }
 
 void Trainer::LogSamples(const std::vector<uint32_t>& batch, uint32_t begin, uint32_t end) {
@@ -1230,6 +1360,9 @@ absl::Status Trainer::Run() {
   if (options_.max_steps != 0) spec_.mutable_train()->set_max_steps(options_.max_steps);
   const v1::TrainSpec& train = spec_.train();
   pool_index_ = static_cast<int>(options_.pool_index);
+  wait_policy_.liveness = std::chrono::milliseconds(options_.liveness_ms);
+  wait_policy_.stuck_floor = std::chrono::milliseconds(options_.stuck_after_ms);
+  wait_policy_.slow_floor = 2 * wait_policy_.stuck_floor;
   if (pool_index_ >= spec_.pools_size()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--pool %d: the spec has %d pools", pool_index_, spec_.pools_size()));
@@ -1343,6 +1476,7 @@ absl::Status Trainer::Run() {
   std::vector<at::Tensor> grads_before;
   for (const auto& [name, p] : model_.network->Parameters()) grads_before.push_back(p.grad());
 
+  progress_.Start();
   while (step_ < total_steps) {
     const Clock::time_point step_start = Clock::now();
     const std::vector<uint32_t> batch = sampler_->GlobalBatch(cursor_);
@@ -1429,6 +1563,7 @@ absl::Status Trainer::Run() {
       optimizer_->Step(model_.params, grad);
     }
     ++step_;
+    TickProgress();
     cursor_ += batch_size;
     trained_samples += batch_size;
     window_samples += batch_size;
@@ -1449,28 +1584,31 @@ absl::Status Trainer::Run() {
     }
     if (train.eval_every_steps() != 0 && step_ % train.eval_every_steps() == 0 &&
         step_ != total_steps) {
-      absl::StatusOr<std::pair<double, double>> eval = Evaluate();
+      absl::StatusOr<std::pair<double, double>> eval = Evaluate(RoundOf(step_ - 1, kEvalRound));
       if (!eval.ok()) return eval.status();
       Emit({{"event", "eval"},
             {"step", step_},
             {"test_accuracy", eval->first},
-            {"test_loss", eval->second}});
+            {"test_loss", eval->second},
+            {"eval_s", last_eval_seconds_}});
     }
     if (action == kStop) {
       stopped_ = true;
       break;
     }
-    if (action == kReplanAfter) {
-      status = SwitchPlan();
-      if (!status.ok()) return status;
-    }
     const uint32_t digest_every = spec_.exchange().digest_every_steps();
-    // Delayed mode checks on the exchange thread, where the link is.
+    // Delayed mode checks on the exchange thread, where the link is. The
+    // check is among the pools that computed this step, before a pool that
+    // joins now (it starts with the next step) is on the link.
     if (comm_.rank() == 0 && link_ != nullptr && !delayed() && digest_every != 0 &&
         step_ % digest_every == 0) {
       status = CheckCloudsAgree(RoundOf(step_ - 1, kDigestRound), step_);
       // A peer lost during the check: the plan changes before the next step.
       if (!status.ok() && !(absl::IsAborted(status) && pending_plan_.has_value())) return status;
+    }
+    if (action == kReplanAfter) {
+      status = SwitchPlan();
+      if (!status.ok()) return status;
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
       // A checkpoint holds a state with nothing in flight, so that a resume
@@ -1480,6 +1618,7 @@ absl::Status Trainer::Run() {
       if (!status.ok()) return status;
       train_seconds += SecondsSince(drain_start);
       SaveCheckpoint();
+      TickProgress();
     }
     if (comm_.rank() == 0) ReportSaves(/*wait=*/false);
   }
@@ -1513,14 +1652,17 @@ absl::Status Trainer::Run() {
     }
   }
 
-  absl::StatusOr<std::pair<double, double>> eval = Evaluate();
+  // The last step's slot of rounds may be used up (its digest check): the
+  // end uses the slot of the step that would come next.
+  absl::StatusOr<std::pair<double, double>> eval = Evaluate(RoundOf(step_, kEvalRound));
   if (!eval.ok()) return eval.status();
   test_accuracy = eval->first;
   test_loss = eval->second;
   Emit({{"event", "eval"},
         {"step", step_},
         {"test_accuracy", test_accuracy},
-        {"test_loss", test_loss}});
+        {"test_loss", test_loss},
+        {"eval_s", last_eval_seconds_}});
 
   SaveCheckpoint();
   if (comm_.rank() == 0) ReportSaves(/*wait=*/true);
@@ -1529,8 +1671,8 @@ absl::Status Trainer::Run() {
   if (!status.ok()) return status;
   uint64_t wan_bytes_sent = 0;
   if (link_ != nullptr) {
-    // The slot of the step that would come next, which no round has used.
-    status = CheckCloudsAgree(RoundOf(step_, 0), step_);
+    // The slot of the step that would come next, after the evaluation's.
+    status = CheckCloudsAgree(RoundOf(step_, kDigestRound), step_);
     if (absl::IsAborted(status) && pending_plan_.has_value()) {
       Emit({{"event", "warning"},
             {"message",

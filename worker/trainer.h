@@ -46,9 +46,16 @@ struct WorkerOptions {
   // Mutual TLS material (tandem certs init), or plaintext when insecure.
   std::string certs_dir;
   bool insecure = false;
-  // A peer silent this long during an exchange fails the job (with a
-  // coordinator: is reported to it as unreachable).
+  // How long a leader waits to connect to its peers when a link starts.
   uint32_t exchange_timeout_ms = 60000;
+  // During an exchange a peer is lost only when the link says so
+  // (worker/peer_wait.h): nothing heard from it for liveness_ms (link dead),
+  // or alive with no progress for max(stuck_after_ms, 20 of its recent
+  // steps) (stuck); an alive, progressing peer is waited for up to
+  // max(2 x stuck_after_ms, 50 x the longest step or evaluation seen). A
+  // lost peer fails the job (with a coordinator: is reported to it).
+  uint32_t liveness_ms = 4000;
+  uint32_t stuck_after_ms = 60000;
 
   // A job run by `tandem agent`: the leader follows the plans of the
   // coordinator at this address (worker/plan_client.h). It learns there which

@@ -23,6 +23,7 @@
 #include "infra/wan_proxy/wan_proxy.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
 #include "tests/support/background_tandem.h"
+#include "tests/support/cpu_limits.h"
 #include "tests/support/run_tandem.h"
 #include "tests/support/sample_log.h"
 #include "worker/job_spec.h"
@@ -93,6 +94,8 @@ class Cluster {
                                  "5000", "--sample-log", dir_.Join("samples")},
         dir_.Join(cloud + ".log"));
   }
+
+  pid_t AgentPid(const std::string& cloud) { return agents_[cloud]->pid(); }
 
   void Partition(bool on) {
     for (auto& [cloud, proxy] : proxies_) ASSERT_TRUE(proxy->SetPartitioned(on).ok());
@@ -208,17 +211,38 @@ pools:
                          max_steps);
 }
 
-std::string TwoCloudSpec(uint64_t max_steps) {
+std::string TwoCloudSpec(uint64_t max_steps, uint64_t eval_every_steps = 0) {
   return absl::StrFormat(R"(name: failover
 model: {arch: cnn}
-train: {epochs: 1, max_steps: %d, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 7}
+train: {epochs: 1, max_steps: %d, global_batch: 32, optimizer: sgd, lr: 0.05, seed: 7,
+        eval_every_steps: %d}
 checkpoint: {every_steps: 50, keep: 2, async: true}
 exchange: {codec: none, digest_every_steps: 10}
 pools:
   - {cloud: cloud-a, workers: 1}
   - {cloud: cloud-b, workers: 1}
 )",
-                         max_steps);
+                         max_steps, eval_every_steps);
+}
+
+// The reasons of the job's events into `to`, one per line.
+std::string Reasons(const v1::JobStatus& job, v1::JobState to) {
+  std::string all;
+  for (const v1::JobEvent& e : job.events()) {
+    if (e.to() == to) all += e.reason() + "\n";
+  }
+  return all;
+}
+
+int Count(const v1::JobStatus& job, v1::JobState to) {
+  int n = 0;
+  for (const v1::JobEvent& e : job.events()) n += e.to() == to;
+  return n;
+}
+
+bool Terminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
 }
 
 bool HasEvent(const v1::JobStatus& job, v1::JobState to, const std::string& text) {
@@ -244,7 +268,10 @@ TEST(FailoverTest, LosingACloudMidRunTheJobSucceedsOnTheOtherWithEverySampleOnce
   v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.progress().step(), steps);
   EXPECT_TRUE(HasEvent(done, v1::JOB_STATE_RECOVERING, "cloud-a")) << done.DebugString();
+  EXPECT_EQ(Count(done, v1::JOB_STATE_RECOVERING), 1) << Reasons(done, v1::JOB_STATE_RECOVERING);
   EXPECT_GT(done.last_recover_s(), 0) << done.DebugString();
+  // Found by the lease (2 s here) or the link (4 s), whichever came first.
+  EXPECT_LT(done.last_detect_s(), 6.0) << done.DebugString();
   EXPECT_EQ(done.restarts(), 0u) << "the survivors restarted instead of going on";
   EXPECT_GT(done.progress().test_accuracy(), 0.6);
   EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
@@ -284,13 +311,19 @@ TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
   const std::string job = cluster.Submit(TwoCloudSpec(steps));
   cluster.WaitFor("step 40", [&] { return cluster.Job(job).progress().step() >= 40; });
   cluster.Partition(true);
-  // The leaders report each other after the exchange deadline; the first
-  // report wins and the other pool leaves.
+  const Clock::time_point cut = Clock::now();
+  // The leaders' links go silent: each reports the other once it has heard
+  // nothing for the liveness window (4 s), not after an exchange deadline;
+  // the first report wins and the other pool leaves.
   v1::JobStatus recovering;
   cluster.WaitFor("a pool dropped", [&] {
     recovering = cluster.Job(job);
-    return HasEvent(recovering, v1::JOB_STATE_RECOVERING, "could not reach");
+    return HasEvent(recovering, v1::JOB_STATE_RECOVERING, "link dead");
   });
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - cut).count(), 4.0 + 3.0)
+      << Reasons(recovering, v1::JOB_STATE_RECOVERING);
+  EXPECT_EQ(Count(recovering, v1::JOB_STATE_RECOVERING), 1)
+      << Reasons(recovering, v1::JOB_STATE_RECOVERING);
   cluster.WaitFor("the survivor going on", [&] {
     return cluster.Job(job).state() == v1::JOB_STATE_RUNNING;
   });
@@ -317,6 +350,74 @@ TEST(FailoverTest, APartitionedCloudIsDroppedAndRejoinsWhenTheLinkHeals) {
   }
   EXPECT_EQ(done.restarts(), 0u);
   EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
+}
+
+// A cloud whose workers are starved of CPU (a cgroup quota of 5% of one
+// core) evaluates and steps many times slower than the other; its leader
+// stays alive on the link, so the other cloud waits for it -- longer than the
+// old 10 s exchange deadline -- and drops nothing.
+TEST(FailoverTest, ACloudStarvedOfCpuIsWaitedForAndNeverDropped) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  absl::StatusOr<std::unique_ptr<testing::CpuQuota>> quota =
+      testing::CpuQuota::Create("tandem-slow-cloud");
+  ASSERT_TRUE(quota.ok()) << quota.status();
+  const uint64_t steps = 150;
+  const std::string job = cluster.Submit(TwoCloudSpec(steps, /*eval_every_steps=*/50));
+  cluster.WaitFor("step 20", [&] { return cluster.Job(job).progress().step() >= 20; });
+  // cloud-b's mpirun and workers, not its agent (its lease is not the point).
+  for (pid_t pid : testing::ProcessTree(cluster.AgentPid("cloud-b"))) {
+    if (pid == cluster.AgentPid("cloud-b")) continue;
+    ASSERT_TRUE((*quota)->Add(pid).ok());
+  }
+  ASSERT_TRUE((*quota)->Limit(5).ok());
+  // status shows cloud-a's leader waiting for the slow cloud, alive.
+  int waited_s = 0;
+  std::string waiting;
+  cluster.WaitFor("cloud-a waiting 10 s or more for cloud-b", [&] {
+    const v1::JobStatus status = cluster.Job(job);
+    if (status.pools_size() < 2) return false;
+    waiting = status.pools(0).waiting_for();
+    const size_t at = waiting.find("(alive) for ");
+    if (at != std::string::npos) waited_s = std::atoi(waiting.c_str() + at + 12);
+    return waited_s >= 10 || Terminal(status.state());
+  });
+  EXPECT_GE(waited_s, 10) << waiting;
+  EXPECT_NE(waiting.find("cloud-b"), std::string::npos) << waiting;
+  ASSERT_TRUE((*quota)->Limit(0).ok());
+
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  EXPECT_EQ(Count(done, v1::JOB_STATE_RECOVERING), 0) << Reasons(done, v1::JOB_STATE_RECOVERING);
+  EXPECT_EQ(done.restarts(), 0u);
+  for (const v1::PoolStatus& pool : done.pools()) {
+    EXPECT_EQ(pool.state(), v1::POOL_STATE_DONE) << pool.DebugString();
+  }
+  EXPECT_TRUE(testing::EverySampleOnce(dir.Join("samples"), steps, 32, 7));
+}
+
+// Evaluation every 50 steps while two busy loops compete for both cores:
+// both clouds evaluate their shares of the test set at the same steps and
+// wait for each other; neither is dropped.
+TEST(FailoverTest, EvaluationUnderACpuHogOnBothCoresDropsNoCloud) {
+  TempDir dir;
+  Cluster cluster(dir);
+  cluster.StartCoordinator();
+  cluster.StartAgent("cloud-a", 1);
+  cluster.StartAgent("cloud-b", 1);
+  cluster.WaitForClouds({"cloud-a", "cloud-b"});
+  const uint64_t steps = 200;
+  const std::string job = cluster.Submit(TwoCloudSpec(steps, /*eval_every_steps=*/50));
+  testing::CpuHog hog(2);
+  v1::JobStatus done = cluster.WaitForState(job, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done.progress().step(), steps);
+  EXPECT_EQ(Count(done, v1::JOB_STATE_RECOVERING), 0) << Reasons(done, v1::JOB_STATE_RECOVERING);
+  EXPECT_GT(done.progress().test_accuracy(), 0.5);
+  EXPECT_EQ(done.restarts(), 0u);
 }
 
 TEST(FailoverTest, MigrateMovesARunningJobToTheOtherCloudThroughItsCheckpoint) {

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "tests/support/background_tandem.h"
 #include "tests/support/run_tandem.h"
 #include "tests/support/sample_log.h"
@@ -122,6 +123,14 @@ bool HasReason(const Json& status, const std::string& to, const std::string& tex
   return false;
 }
 
+std::vector<std::string> Reasons(const Json& status, const std::string& to) {
+  std::vector<std::string> reasons;
+  for (const Json& e : status.value("events", Json::array())) {
+    if (e.value("to", "") == to) reasons.push_back(e.value("reason", ""));
+  }
+  return reasons;
+}
+
 TEST_F(TwoCloudsStory, CloudALostHalfwayTheJobGoesOnOnCloudBAndCloudARejoins) {
   const std::string spec = dir_.Write("story.yaml", absl::StrFormat(R"(name: story
 model: {arch: cnn}
@@ -163,6 +172,10 @@ pools:
   ASSERT_EQ(done.value("state", ""), "SUCCEEDED") << done.dump(2) << Logs();
   EXPECT_EQ(done.value("step", uint64_t{0}), kSteps);
   EXPECT_TRUE(HasReason(done, "RECOVERING", "cloud-a lost")) << done.dump(2);
+  // Exactly the loss the test caused: no healthy cloud was dropped at an
+  // evaluation, a checkpoint or anywhere else.
+  const std::vector<std::string> losses = Reasons(done, "RECOVERING");
+  EXPECT_EQ(losses.size(), 1u) << absl::StrJoin(losses, "\n") << "\n" << done.dump(2);
   EXPECT_TRUE(HasReason(done, "RUNNING", "recovered")) << done.dump(2);
   EXPECT_TRUE(HasReason(done, "", "rejoins")) << done.dump(2);
   EXPECT_EQ(done.value("restarts", -1), 0) << "the survivors restarted instead of going on";

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "infra/wan_proxy/wan_proxy.h"
 #include "transport/grpc_link.h"
 #include "transport/in_process_link.h"
 #include "transport/tls.h"
@@ -256,6 +257,60 @@ TEST_P(LinkContractTest, PeerThatLeftFailsTheRoundWithinTheDeadline) {
   EXPECT_LT(Since(start), deadline + milliseconds(2000));
 }
 
+// Polls `holds` until it is true or `deadline` passes; returns whether it held.
+bool Eventually(const std::function<bool()>& holds, milliseconds deadline = milliseconds(10000)) {
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  while (!holds()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return true;
+}
+
+TEST_P(LinkContractTest, AnIdlePeerStaysAliveAndItsProgressArrives) {
+  Make(2);
+  ASSERT_TRUE(links_[0]->Connect(kDeadline).ok());
+  ASSERT_TRUE(links_[1]->Connect(kDeadline).ok());
+  links_[1]->ReportProgress(7, milliseconds(300));
+  ASSERT_TRUE(Eventually([&] { return links_[0]->Peers()[0].progress == 7; }))
+      << "the peer's progress never arrived";
+  PeerHealth peer = links_[0]->Peers()[0];
+  EXPECT_EQ(peer.pool, 1);
+  EXPECT_EQ(peer.recent_unit, milliseconds(300));
+  EXPECT_TRUE(peer.delivered) << "no round is in flight";
+  // Nobody exchanges for several heartbeat intervals (until the progress is
+  // 1.5 s old by the link's own clock): the peer is still heard from.
+  ASSERT_TRUE(Eventually([&] {
+    peer = links_[0]->Peers()[0];
+    return peer.progress_unchanged_for >= milliseconds(1500);
+  }));
+  EXPECT_LT(peer.silent_for, milliseconds(1200)) << "an idle peer went silent";
+  EXPECT_EQ(peer.progress, 7u);
+}
+
+TEST_P(LinkContractTest, PeersTellsWhoHasNotDeliveredTheRoundInFlight) {
+  Make(2);
+  const std::vector<std::string> payloads = {Bytes(100, 1), Bytes(100, 2)};
+  Result early = links_[0]->Exchange(1, payloads[0], milliseconds(200));
+  ASSERT_FALSE(early.ok());
+  EXPECT_FALSE(links_[0]->Peers()[0].delivered);
+  ExpectDelivered(ExchangeAll(Raw(links_), 1, payloads), payloads);
+  EXPECT_TRUE(links_[0]->Peers()[0].delivered);
+}
+
+TEST_P(LinkContractTest, APeerThatLeftGoesSilent) {
+  Make(2);
+  const std::vector<std::string> payloads = {Bytes(10, 1), Bytes(10, 2)};
+  ExpectDelivered(ExchangeAll(Raw(links_), 1, payloads), payloads);
+  links_[1].reset();
+  PeerHealth peer;
+  ASSERT_TRUE(Eventually([&] {
+    peer = links_[0]->Peers()[0];
+    return peer.silent_for >= milliseconds(1000);
+  })) << "silent_for of a peer that left stays at " << peer.silent_for.count() << " ms";
+  EXPECT_TRUE(Eventually([&] { return links_[0]->Peers()[0].streams_up == 0; }));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, LinkContractTest,
                          ::testing::Values(Backend::kGrpc, Backend::kInProcess),
                          [](const ::testing::TestParamInfo<Backend>& info) {
@@ -264,6 +319,39 @@ INSTANTIATE_TEST_SUITE_P(Backends, LinkContractTest,
 
 // ---------------------------------------------------------------------------
 // GrpcLink.
+
+// The WAN between two leaders cut by the proxy: the TCP connections stay up
+// but nothing crosses, so the peer goes silent within the liveness window
+// (instead of an exchange deadline) and is heard again once the path heals.
+TEST(GrpcLinkTest, APartitionedPeerGoesSilentAndIsHeardAgainWhenThePathHeals) {
+  auto links = MakeGrpcLinks(2);
+  ASSERT_EQ(links.size(), 2u);
+  // Each pool reaches the other through a proxy of its own (the WAN).
+  std::vector<std::unique_ptr<infra::WanProxy>> proxies;
+  for (int p = 0; p < 2; ++p) {
+    infra::WanProxyOptions options;
+    options.target = Address(links[p]->port());
+    absl::StatusOr<std::unique_ptr<infra::WanProxy>> proxy = infra::WanProxy::Start(options);
+    ASSERT_TRUE(proxy.ok()) << proxy.status();
+    proxies.push_back(std::move(*proxy));
+  }
+  const std::vector<std::string> via = {proxies[0]->listen_address(),
+                                        proxies[1]->listen_address()};
+  for (auto& link : links) ASSERT_TRUE(link->SetPeers(via).ok());
+  const std::vector<std::string> payloads = {Bytes(10, 1), Bytes(10, 2)};
+  ExpectDelivered(ExchangeAll(Raw(links), 1, payloads), payloads);
+  for (auto& proxy : proxies) ASSERT_TRUE(proxy->SetPartitioned(true).ok());
+  const auto cut = std::chrono::steady_clock::now();
+  // The TCP connections stay up, but nothing crosses: the peer goes silent
+  // and is found so within a window of 2 s, not at an exchange deadline.
+  ASSERT_TRUE(Eventually([&] { return links[0]->Peers()[0].silent_for >= milliseconds(2000); }));
+  EXPECT_LT(Since(cut), milliseconds(2000 + 1500));
+  for (auto& proxy : proxies) ASSERT_TRUE(proxy->SetPartitioned(false).ok());
+  EXPECT_TRUE(Eventually([&] { return links[0]->Peers()[0].silent_for < milliseconds(1000); }))
+      << "the healed path brought no sign of life";
+  const std::vector<std::string> again = {Bytes(10, 3), Bytes(10, 4)};
+  ExpectDelivered(ExchangeAll(Raw(links), 2, again), again);
+}
 
 TEST(GrpcLinkTest, ValidatesOptions) {
   GrpcLinkOptions o = Options(0, 2);
