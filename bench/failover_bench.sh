@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 5 benchmarks, on this machine with `tandem up` (default lease
-# settings: ttl 3 s, heartbeats every 1 s; exchange timeout 10 s):
+# settings: ttl 3 s, heartbeats every 1 s; link liveness window 4 s):
 #  1. Losing a cloud: cloud-a's agent, mpirun and workers are frozen
 #     (SIGSTOP), so its lease expires as if the cloud vanished. Reports the
 #     time from the loss to the re-plan (detection) and to the next completed
 #     step (recovery), the steps lost (from the workers' sample logs: steps the
 #     survivor had completed that it computed again), and the ratio of the
 #     recovery time to the steady-state step time measured in the same run.
-#  2. A partition of the WAN link (both proxies cut): the leaders find it
-#     at the exchange deadline and report it; same numbers.
+#  2. A partition of the WAN link (both proxies cut): the leaders' links hear
+#     nothing from each other for the liveness window and report the peer as
+#     "link dead"; same numbers.
 #  3. Migration bytes: a one-pool job moved cloud-a -> cloud-b (the target has
 #     no copy: full) and back to cloud-a (which holds the job's checkpoint
 #     from before: incremental), with the bytes the copy sent.

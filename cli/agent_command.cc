@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "coordinator/agent.h"
+#include "worker/peer_wait.h"
 
 namespace tandem::cli {
 
@@ -78,6 +79,11 @@ Options)");
   }
   if (options.slots == 0 || heartbeat_ms == 0) {
     std::cerr << "tandem agent: --slots and --heartbeat-ms must be at least 1\n";
+    return kExitUsage;
+  }
+  if (options.liveness_ms < kMinLivenessMs || options.stuck_after_ms < kMinLivenessMs) {
+    std::cerr << "tandem agent: --link-liveness-ms and --stuck-after-ms must be at least "
+              << kMinLivenessMs << " (two of the link's heartbeat intervals)\n";
     return kExitUsage;
   }
   options.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);

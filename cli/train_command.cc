@@ -17,6 +17,7 @@
 #include "coordinator/local_train.h"
 #include "transport/tls.h"
 #include "worker/job_spec.h"
+#include "worker/peer_wait.h"
 
 namespace tandem::cli {
 
@@ -70,8 +71,10 @@ nlohmann::json EventJson(const WorkerEvent& e, double t) {
               {"samples_per_s", p.samples_per_s()},
               {"wan_bytes_sent", p.wan_bytes_sent()}});
   } else if (e.kind == "eval") {
-    j.update(
-        {{"step", p.step()}, {"test_accuracy", p.test_accuracy()}, {"test_loss", p.test_loss()}});
+    j.update({{"step", p.step()},
+              {"test_accuracy", p.test_accuracy()},
+              {"test_loss", p.test_loss()},
+              {"eval_s", e.eval_s}});
   } else if (e.kind == "checkpoint") {
     j.update({{"step", p.step()}, {"state_digest", p.state_digest()}});
   } else if (e.kind == "done") {
@@ -108,6 +111,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   double exchange_timeout_s = 60;
   double liveness_s = 4;
   double stuck_after_s = 60;
+  bool eval_per_pool = false;
   std::string events_file;
   po::options_description flags(kTrainUsage);
   // clang-format off
@@ -138,6 +142,9 @@ int TrainCommand(const std::vector<std::string>& args) {
       ("stuck-after", po::value(&stuck_after_s)->default_value(60)->value_name("S"),
        "fail the job when a peer pool is alive but makes no progress for S seconds (or 20 "
        "of its recent steps, if longer); a slow peer is waited for")
+      ("eval-per-pool", po::bool_switch(&eval_per_pool),
+       "each pool evaluates the whole test set itself instead of its share of it (the way "
+       "tandem evaluated before the test set was sharded across pools; for comparisons)")
       ("events", po::value(&events_file)->value_name("FILE"),
        "append every event of the job (start, progress, eval, checkpoint, warning, done) "
        "to FILE as one JSON object per line")
@@ -170,10 +177,11 @@ int TrainCommand(const std::vector<std::string>& args) {
     return kExitUsage;
   }
 
-  if (exchange_timeout_s <= 0 || liveness_s <= 0 || stuck_after_s <= 0 || wan_rate_mbit < 0 ||
-      wan_loss < 0) {
-    std::cerr << "tandem train: --exchange-timeout, --liveness and --stuck-after must be "
-                 "positive, --wan-rate and --wan-loss not negative\n";
+  if (exchange_timeout_s <= 0 || liveness_s * 1000 < kMinLivenessMs ||
+      stuck_after_s * 1000 < kMinLivenessMs || wan_rate_mbit < 0 || wan_loss < 0) {
+    std::cerr << "tandem train: --exchange-timeout must be positive, --liveness and "
+                 "--stuck-after at least 1 s (two of the link's heartbeat intervals), "
+                 "--wan-rate and --wan-loss not negative\n";
     return kExitUsage;
   }
   if (spec->pools_size() > 1 && !insecure) {
@@ -192,6 +200,7 @@ int TrainCommand(const std::vector<std::string>& args) {
   options.exchange_timeout_ms = static_cast<uint32_t>(exchange_timeout_s * 1000);
   options.liveness_ms = static_cast<uint32_t>(liveness_s * 1000);
   options.stuck_after_ms = static_cast<uint32_t>(stuck_after_s * 1000);
+  options.eval_per_pool = eval_per_pool;
   options.spec_path = std::filesystem::absolute(spec_path).string();
   options.store_dir = std::filesystem::absolute(store_dir).string();
   options.resume = resume;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "transport/mpi_comm.h"
+#include "worker/peer_wait.h"
 #include "worker/trainer.h"
 #include "worker/worker_events.h"
 
@@ -33,6 +34,8 @@ int WorkerCommand(int argc, char** argv) {
        "how long the leader waits to connect to its peers when a link starts")
       ("liveness-ms", po::value(&options.liveness_ms),
        "a peer the link heard nothing from this long is lost (link dead)")
+      ("eval-per-pool", po::bool_switch(&options.eval_per_pool),
+       "each pool evaluates the whole test set itself (not sharded across pools)")
       ("stuck-after-ms", po::value(&options.stuck_after_ms),
        "an alive peer without progress this long (at least) is lost (stuck)")
       ("coordinator", po::value(&options.coordinator),
@@ -47,6 +50,11 @@ int WorkerCommand(int argc, char** argv) {
     po::notify(vm);
   } catch (const po::error& e) {
     std::cerr << "tandem worker: " << e.what() << "\n" << flags;
+    return kExitUsage;
+  }
+  if (options.liveness_ms < kMinLivenessMs || options.stuck_after_ms < kMinLivenessMs) {
+    std::cerr << "tandem worker: --liveness-ms and --stuck-after-ms must be at least "
+              << kMinLivenessMs << " (two heartbeat intervals)\n";
     return kExitUsage;
   }
   if (!peers.empty()) options.link_peers = absl::StrSplit(peers, ',');

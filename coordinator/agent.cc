@@ -45,8 +45,8 @@ std::optional<std::string> LogText(const WorkerEvent& event) {
                            p.loss(), p.samples_per_s());
   }
   if (event.kind == "eval") {
-    return absl::StrFormat("step %d: test accuracy %.4f, test loss %.4f", p.step(),
-                           p.test_accuracy(), p.test_loss());
+    return absl::StrFormat("step %d: test accuracy %.4f, test loss %.4f (evaluated in %.1f s)",
+                           p.step(), p.test_accuracy(), p.test_loss(), event.eval_s);
   }
   if (event.kind == "checkpoint") return absl::StrFormat("checkpoint at step %d", p.step());
   if (event.kind == "warning") return absl::StrCat("warning: ", event.message);

@@ -1341,8 +1341,10 @@ absl::Status CoordinatorState::ReportPool(const v1::PoolReport& report) {
     return txn.Commit();
   }
   if (report.done()) x.done_seen = true;
-  if (pool.waiting_for() != report.waiting_for()) {
-    pool.set_waiting_for(Running(pool.state()) && !report.exited() ? report.waiting_for() : "");
+  const std::string waiting_for =
+      Running(pool.state()) && !report.exited() ? report.waiting_for() : "";
+  if (pool.waiting_for() != waiting_for) {
+    pool.set_waiting_for(waiting_for);
     Touch(*job, txn, /*sync=*/false);
   }
   if (report.has_progress() && Running(pool.state())) {

@@ -61,6 +61,7 @@ std::optional<WorkerEvent> ParseWorkerEvent(const std::string& line) {
   p.set_compression_ratio(Field<double>(j, "compression_ratio", 0));
   event.epochs = Field<double>(j, "epochs", 0);
   event.init_digest = Field<std::string>(j, "init_digest", "");
+  event.eval_s = Field<double>(j, "eval_s", 0);
   if (event.kind == "start") p.set_step(Field<uint64_t>(j, "start_step", 0));
   return event;
 }
@@ -248,6 +249,7 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
       worker.push_back(std::to_string(options.liveness_ms));
       worker.push_back("--stuck-after-ms");
       worker.push_back(std::to_string(options.stuck_after_ms));
+      if (options.eval_per_pool) worker.push_back("--eval-per-pool");
       if (options.insecure) {
         worker.push_back("--insecure");
       } else {
@@ -275,8 +277,8 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
   std::string init_digest;
   std::vector<int> exit_codes(pools, -1);
   // Once a pool has failed, the others fail by themselves once their link
-  // finds it dead (or they cannot connect to it); only if they have not by
-  // then are they stopped.
+  // finds it dead; only if they have not by then (a hung pool, or one still
+  // connecting) are they stopped.
   // (Signalling an mpirun that is already aborting can crash it.)
   absl::Time stop_others_at = absl::InfiniteFuture();
   for (int open = pools; open > 0;) {
@@ -294,9 +296,7 @@ absl::StatusOr<TrainResult> RunLocalTrainingOnce(
       exit_codes[pool] = exit_code.ok() ? *exit_code : 1;
       if (exit_codes[pool] != 0 && stop_others_at == absl::InfiniteFuture()) {
         stop_others_at =
-            absl::Now() +
-            absl::Milliseconds(std::max(options.liveness_ms, options.exchange_timeout_ms)) +
-            absl::Seconds(10);
+            absl::Now() + absl::Milliseconds(options.liveness_ms) + absl::Seconds(10);
       }
       continue;
     }

@@ -32,6 +32,7 @@ struct LocalTrainOptions {
   // When a peer in an exchange is lost (worker/trainer.h WorkerOptions).
   uint32_t liveness_ms = 4000;
   uint32_t stuck_after_ms = 60000;
+  bool eval_per_pool = false;  // see WorkerOptions
   // WAN emulation between the pools (tandem-wan-proxy in front of each
   // leader): one-way delay, rate limit, and resets per MB.
   uint32_t wan_delay_ms = 0;
@@ -46,6 +47,7 @@ struct WorkerEvent {
   std::string message;            // warning and error events
   double epochs = 0;              // done: samples consumed / dataset size
   std::string init_digest;        // start: digest of the --init parameters
+  double eval_s = 0;              // eval: the evaluation's wall time
 };
 
 struct TrainResult {

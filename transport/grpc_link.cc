@@ -243,7 +243,9 @@ absl::Status GrpcLink::Impl::Start() {
     auto peer = std::make_unique<Peer>(p);
     peer->last_heard = now;
     peer->progress_changed = now;
-    for (int s = 0; s < options_.streams_per_peer; ++s) {
+    // The data streams, then the control stream (heartbeats only), so that
+    // signs of life never wait behind the frames of a long payload.
+    for (int s = 0; s <= options_.streams_per_peer; ++s) {
       peer->slots.push_back(std::make_unique<Slot>(p, s));
     }
     peers_.push_back(std::move(peer));
@@ -467,11 +469,11 @@ void GrpcLink::Impl::WriteFrames(Slot* slot, Connection* connection, uint64_t ge
   Peer& peer = *peers_[slot->peer];
   const int window = options_.max_unacked_frames_per_stream;
   while (true) {
-    // Stream 0 of each peer carries the heartbeats.
+    // The control stream carries the heartbeats.
     bool heartbeat = false;
     while (!shutdown_ && !connection->done && slot->generation == generation &&
            !(slot->inflight < window && HasWork(peer, *slot))) {
-      if (slot->index != 0) {
+      if (slot->index != options_.streams_per_peer) {
         cv_.Wait(&mu_);
         continue;
       }
@@ -542,7 +544,7 @@ void GrpcLink::Impl::WriteFrames(Slot* slot, Connection* connection, uint64_t ge
 }
 
 bool GrpcLink::Impl::HasWork(Peer& peer, Slot& slot) {
-  if (!out_active_) return false;
+  if (!out_active_ || slot.index == options_.streams_per_peer) return false;
   // Entries for frames acked meanwhile are skipped here.
   for (std::deque<size_t>* q : {&peer.orphans, &slot.queue}) {
     while (!q->empty() && peer.frames[q->front()].state != FrameState::kQueued) q->pop_front();
@@ -656,7 +658,12 @@ void GrpcLink::Impl::ReadConnection(Slot* slot, Connection* connection,
           "the peer answered a frame with something other than an ExchangeAck or heartbeat";
       break;
     }
-    if (connection->session == peer.session) Heard(peer, nullptr);
+    if (connection->session == peer.session) {
+      Heard(peer, nullptr);
+      // The peer takes our payload: the round moves, whatever its training
+      // loop does meanwhile.
+      peer.progress_changed = absl::Now();
+    }
     HandleAck(slot, *connection, message.ack());
   }
   absl::MutexLock lock(&mu_);
@@ -781,7 +788,11 @@ grpc::Status GrpcLink::Impl::Serve(ServerStream* stream) {
     }
     {
       absl::MutexLock lock(&mu_);
-      if (session == peer.session) Heard(peer, nullptr);
+      if (session == peer.session) {
+        Heard(peer, nullptr);
+        // A frame is the peer's training loop at work (it sends a round).
+        peer.progress_changed = absl::Now();
+      }
     }
     const v1::ExchangeFrame& frame = message.frame();
     ExchangeMessage reply;
@@ -919,7 +930,7 @@ void GrpcLink::Impl::StartRound(uint64_t round, absl::string_view payload) {
     // Round-robin over the streams; frames of a stream that is down go to
     // whichever stream is up first.
     for (size_t i = 0; i < count; ++i) {
-      Slot& slot = *peer->slots[i % peer->slots.size()];
+      Slot& slot = *peer->slots[i % options_.streams_per_peer];
       (slot.up ? slot.queue : peer->orphans).push_back(i);
     }
   }

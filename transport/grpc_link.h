@@ -18,15 +18,21 @@
 //   receiver -> ExchangeAck{step, offset}           frame stored (or a
 //               duplicate, or of a round the receiver is done with), or
 //               ExchangeAck{step, offset, resend}   checksum failed; not stored
-//   sender   -> ExchangeHeartbeat{progress, recent_unit_ms}   when the stream
-//               wrote nothing for heartbeat_interval (stream 0 of each peer)
+//   sender   -> ExchangeHeartbeat{progress, recent_unit_ms}   every
+//               heartbeat_interval, on the control stream
 //   receiver -> ExchangeHeartbeat{its own progress, recent_unit_ms}
+// Besides its streams_per_peer data streams, a link opens one control stream
+// to each peer (stream index streams_per_peer, its own TCP connection too)
+// that carries no frames, only heartbeats, so that signs of life never queue
+// behind the frames of a long payload on a slow path.
 // Every message from a peer, either way, counts as a sign of life
 // (PeerHealth::silent_for); heartbeats also carry the owners' progress
 // counters (Link::ReportProgress), so a peer that is busy outside the
 // exchange -- evaluating, checkpointing, slowed down -- is seen alive and
 // making progress, and one whose process or path is gone goes silent within
 // about a heartbeat interval plus the liveness window its caller chooses.
+// Frames from a peer, and its acks of our frames, count as progress too: a
+// round that is moving is not stuck, however long the payload takes.
 // A payload is cut into frames of frame_bytes (the last one shorter; an empty
 // payload is one empty frame). Frames are dealt round-robin to the streams;
 // at most max_unacked_frames_per_stream frames are unacknowledged on a stream.

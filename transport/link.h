@@ -65,9 +65,10 @@ struct PeerHealth {
   // How many of our sending streams to the peer are up.
   int streams_up = 0;
   // The peer's progress counter and the longest time one of its recent units
-  // took, as it last reported them (0 until it has), and how long the
-  // counter has not changed, by this pool's clock (since the link was
-  // created if it never did).
+  // took, as it last reported them (0 until it has), and how long neither
+  // the counter changed nor the round in flight moved (a frame from the
+  // peer, or its ack of ours), by this pool's clock (since the link was
+  // created if neither ever did).
   uint64_t progress = 0;
   std::chrono::milliseconds recent_unit{0};
   std::chrono::milliseconds progress_unchanged_for{0};

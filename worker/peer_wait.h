@@ -13,11 +13,11 @@
 //              max(slow_floor, slow_units x the longest unit this leader saw
 //              lately, its own steps and evaluations, waits included): a
 //              backstop, far above any step or evaluation seen so far.
-// Otherwise the leader waits. Waiting in an exchange is not progress: two
-// leaders waiting for each other (a protocol bug) are both found stuck, and
-// with three pools or more, a leader held up behind a slow third pool is
-// found stuck after the stuck timeout too (its 60 s floor covers evaluations
-// and checkpoints of ordinary models).
+// Otherwise the leader waits. Waiting in an exchange is not progress, so two
+// leaders waiting for each other in different rounds (a protocol bug) are
+// both found stuck rather than waiting forever. (A leader in a round has sent
+// its payload to every peer, so a peer waits only for the leaders that have
+// not reached the round: those are judged, not the ones waiting with it.)
 //
 // Pure and thread-compatible: no clock or I/O of its own, so tests drive it
 // with made-up PeerHealth values.
@@ -34,6 +34,10 @@
 #include "transport/link.h"
 
 namespace tandem {
+
+// The least liveness window (and stuck timeout) that makes sense: two of the
+// link's heartbeat intervals (GrpcLinkOptions::heartbeat_interval, 500 ms).
+inline constexpr uint32_t kMinLivenessMs = 1000;
 
 struct PeerWaitPolicy {
   std::chrono::milliseconds liveness{4000};
@@ -81,7 +85,8 @@ class ProgressMeter {
   using Clock = std::chrono::steady_clock;
   explicit ProgressMeter(Clock::time_point start = Clock::now()) : last_tick_(start) {}
 
-  // Units are timed from here on (the set-up before it is not a unit).
+  // Units are timed from here on (the set-up before it is not a unit; nor is
+  // a re-plan, or a long wait for peers: their work is not this pool's).
   void Start(Clock::time_point now = Clock::now());
   void Tick(Clock::time_point now = Clock::now());
   uint64_t units() const;

@@ -6,12 +6,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -221,8 +224,9 @@ class Trainer {
  public:
   Trainer(const WorkerOptions& options, PoolComm& comm, std::ostream& events)
       : options_(options), comm_(comm), events_(events) {}
-  // A run that failed with an exchange in flight: it ends within the
-  // exchange deadline, before the link and codec it uses go away.
+  // A run that failed with an exchange in flight: it ends once the peers
+  // deliver or are given up on (worker/peer_wait.h), before the link and
+  // codec it uses go away.
   ~Trainer() {
     if (exchange_thread_.joinable()) exchange_thread_.join();
     // The saver may still be copying members (the codec state) that go first.
@@ -232,8 +236,10 @@ class Trainer {
   absl::Status Run();
 
  private:
+  // From the training thread, or a delayed exchange's thread.
   void Emit(Json event) {
     if (comm_.rank() != 0) return;
+    std::lock_guard<std::mutex> lock(emit_mu_);
     events_ << kEventPrefix << event.dump() << "\n" << std::flush;
   }
 
@@ -270,7 +276,9 @@ class Trainer {
   // combined gradient. After it nothing is in flight.
   absl::Status ApplyInFlight(double* last_loss);
   bool delayed() const { return spec_.exchange().mode() == v1::EXCHANGE_MODE_DELAYED; }
-  absl::Status StartLink();
+  // `connect_deadline`: how long to wait for every peer (default: the
+  // exchange timeout).
+  absl::Status StartLink(std::chrono::milliseconds connect_deadline = {});
   std::chrono::milliseconds ExchangeDeadline() const {
     return std::chrono::milliseconds(options_.exchange_timeout_ms);
   }
@@ -297,8 +305,12 @@ class Trainer {
   // rank of every active pool (ranks numbered as for the training batch);
   // the sums go through the pool allreduce and one exchange round, so every
   // pool gets the same figures at 1/N of the cost of evaluating it alone.
-  // `round`: the link round the leaders sum the results in.
-  absl::StatusOr<std::pair<double, double>> Evaluate(uint64_t round);
+  // `round`: the link round the leaders sum the results in. When a pool is
+  // lost during it, an evaluation that may be skipped is (nullopt: the
+  // survivors go on training at once; the next evaluation comes as planned);
+  // the last one is evaluated again within this pool.
+  absl::StatusOr<std::optional<std::pair<double, double>>> Evaluate(uint64_t round,
+                                                                    bool may_skip);
   // This rank's loss and correct-prediction sums over test samples
   // [begin, end).
   std::pair<double, double> EvaluateSlice(uint32_t begin, uint32_t end);
@@ -375,8 +387,14 @@ class Trainer {
   // progressing (worker/peer_wait.h). A lost peer fails it (DeadlineExceeded,
   // naming the peer and why) or, with a coordinator, is reported, and then
   // Aborted (with pending_plan_ set); so does a plan change while waiting.
+  // kAtBoundary rounds (evaluation, digest check: every pool on the link does
+  // them at the same step boundary, whatever plan it has seen) end only for a
+  // plan that drops a pool of the link or stops this one; a join waits for
+  // the boundary's switch.
+  enum class RoundKind { kStep, kAtBoundary };
   absl::StatusOr<std::vector<std::string>> LeaderExchange(uint64_t round,
-                                                          absl::string_view payload);
+                                                          absl::string_view payload,
+                                                          RoundKind kind = RoundKind::kStep);
   void StopLink();
   // Leader alone in its plan: a bare gRPC server on the link address.
   absl::Status StartStandby();
@@ -398,6 +416,9 @@ class Trainer {
   uint64_t wan_bytes_retired_ = 0;  // sent by links since replaced
   int sample_log_fd_ = -1;
   ProgressMeter progress_;  // ticked on every rank; published by the leader
+  std::mutex emit_mu_;
+  // step_ for the exchange thread of delayed mode (its waiting events).
+  std::atomic<uint64_t> shown_step_{0};
   double last_eval_seconds_ = 0;  // the last Evaluate's wall time
   PeerWaitPolicy wait_policy_;
 };
@@ -637,7 +658,7 @@ absl::Status Trainer::ReconcileAcrossPools(bool* have_state) {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::StartLink() {
+absl::Status Trainer::StartLink(std::chrono::milliseconds connect_deadline) {
   if (codec_ == nullptr) {
     std::vector<std::vector<int64_t>> shapes;
     for (const FlatModel::Slot& slot : model_.slots) shapes.push_back(slot.shape);
@@ -681,7 +702,7 @@ absl::Status Trainer::StartLink() {
   link_ = std::move(*created);
   link_->ReportProgress(progress_.units(), progress_.longest_recent());
   // Fail fast on a wrong address, certificate or job before any work.
-  return link_->Connect(ExchangeDeadline());
+  return link_->Connect(connect_deadline.count() > 0 ? connect_deadline : ExchangeDeadline());
 }
 
 void Trainer::StopLink() {
@@ -720,7 +741,8 @@ absl::Status Trainer::StartStandby() {
 }
 
 absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
-                                                                 absl::string_view payload) {
+                                                                 absl::string_view payload,
+                                                                 RoundKind kind) {
   const Clock::time_point start = Clock::now();
   Clock::time_point shown_at = start - kShowWaitingEvery;
   bool shown = false;
@@ -728,7 +750,10 @@ absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
     return spec_.pools(static_cast<int>(active_[link_index])).cloud();
   };
   const auto end_waiting = [&] {
-    if (shown) Emit({{"event", "waiting"}, {"message", ""}, {"step", step_}});
+    if (!shown) return;
+    Emit({{"event", "waiting"}, {"message", ""}, {"step", shown_step_.load()}});
+    // The wait was the peers' time, not a unit of this pool's work.
+    progress_.Start();
   };
   while (true) {
     absl::StatusOr<std::vector<std::string>> all = link_->Exchange(round, payload, kExchangeSlice);
@@ -737,8 +762,19 @@ absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
       return all;
     }
     if (plan_client_ != nullptr) {
+      // A newer plan ends the round on every pool alike: each has sent its
+      // payload when it started the round, so a peer still in the round
+      // completes it; the new plan takes effect at the next step.
       std::optional<v1::Plan> newer = plan_client_->Newer(generation_);
-      if (newer.has_value()) {
+      bool ends = newer.has_value();
+      if (ends && kind == RoundKind::kAtBoundary && !newer->stop()) {
+        ends = false;
+        for (uint32_t pool : active_) {
+          ends = ends || std::find(newer->active_pools().begin(), newer->active_pools().end(),
+                                   pool) == newer->active_pools().end();
+        }
+      }
+      if (ends) {
         end_waiting();
         pending_plan_ = std::move(newer);
         return absl::AbortedError("the job's plan changed during an exchange");
@@ -752,11 +788,12 @@ absl::StatusOr<std::vector<std::string>> Trainer::LeaderExchange(uint64_t round,
       if (waited >= kShowWaitingAfter && Clock::now() - shown_at >= kShowWaitingEvery) {
         std::vector<std::string> names;
         for (uint32_t peer : judgement.waiting) names.push_back(cloud_of(peer));
+        const uint64_t step = shown_step_.load();
         Emit({{"event", "waiting"},
               {"message", absl::StrFormat("%s (alive) for %.0f s at step %d",
                                           absl::StrJoin(names, ", "), waited.count() / 1000.0,
-                                          step_)},
-              {"step", step_}});
+                                          step)},
+              {"step", step}});
         shown_at = Clock::now();
         shown = true;
       }
@@ -995,7 +1032,10 @@ absl::Status Trainer::JoinRunningJob(bool* have_state) {
           "the coordinator let this pool join a job with no other active pool to take the "
           "state from");
     }
-    status = StartLink();
+    // The running pools switch to this plan at their next step boundary,
+    // after that step's evaluation and checkpoint: wait for them as long as
+    // a peer may make no progress.
+    status = StartLink(std::max(ExchangeDeadline(), wait_policy_.stuck_floor));
     if (status.ok()) status = ReconcileAcrossPools(have_state);
     if (status.ok()) {
       joining_ = false;
@@ -1065,7 +1105,8 @@ absl::Status Trainer::ExchangeGradients(uint64_t step, float* grad) {
 // and optimizer state: every cloud must hold the same bits.
 absl::Status Trainer::CheckCloudsAgree(uint64_t round, uint64_t applied) {
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
-  absl::StatusOr<std::vector<std::string>> all = LeaderExchange(round, digest);
+  absl::StatusOr<std::vector<std::string>> all =
+      LeaderExchange(round, digest, RoundKind::kAtBoundary);
   if (!all.ok()) return all.status();
   for (size_t pool = 0; pool < all->size(); ++pool) {
     if ((*all)[pool] != digest) {
@@ -1256,12 +1297,13 @@ std::pair<double, double> Trainer::EvaluateSlice(uint32_t begin, uint32_t end) {
   return {loss, correct};
 }
 
-absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
+absl::StatusOr<std::optional<std::pair<double, double>>> Trainer::Evaluate(uint64_t round,
+                                                                           bool may_skip) {
   const Clock::time_point start = Clock::now();
   // Across the active pools when there are several; within this pool alone
-  // when a plan change interrupted that (the change takes effect at the next
-  // step).
-  bool across = active_.size() > 1;
+  // when a lost pool interrupted that and the evaluation may not be skipped
+  // (the plan changes at the next step).
+  bool across = active_.size() > 1 && !options_.eval_per_pool;
   while (true) {
     const uint32_t shard = across ? rank_offset_ + comm_.rank() : comm_.rank();
     const uint32_t shards = across ? total_ranks_ : comm_.size();
@@ -1271,7 +1313,7 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
     absl::Status status = comm_.AllreduceSum(sums, 2);
     if (!status.ok()) return status;
     if (across) {
-      enum : int64_t { kSummed = 0, kFailed = 1, kAlone = 2 };
+      enum : int64_t { kSummed = 0, kFailed = 1, kAlone = 2, kSkipped = 3 };
       int64_t action = kSummed;
       absl::Status leader_status;
       if (comm_.rank() == 0) {
@@ -1286,7 +1328,7 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
         } else {
           const std::string mine(reinterpret_cast<const char*>(sums), sizeof(sums));
           absl::StatusOr<std::vector<std::string>> all =
-              LeaderExchange(round, mine);
+              LeaderExchange(round, mine, RoundKind::kAtBoundary);
           if (all.ok()) {
             sums[0] = sums[1] = 0;
             for (const std::string& p : *all) {
@@ -1301,7 +1343,7 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
               sums[1] += theirs[1];
             }
           } else if (absl::IsAborted(all.status()) && pending_plan_.has_value()) {
-            action = kAlone;
+            action = may_skip ? kSkipped : kAlone;
           } else {
             leader_status = all.status();
             action = kFailed;
@@ -1311,6 +1353,7 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
       status = comm_.Broadcast(&action, sizeof(action), 0);
       if (!status.ok()) return status;
       if (action == kFailed) return ShareStatus(comm_, leader_status);
+      if (action == kSkipped) return std::nullopt;
       if (action == kAlone) {
         across = false;
         continue;
@@ -1319,7 +1362,7 @@ absl::StatusOr<std::pair<double, double>> Trainer::Evaluate(uint64_t round) {
       if (!status.ok()) return status;
     }
     last_eval_seconds_ = SecondsSince(start);
-    return std::make_pair(sums[1] / test_.count, sums[0] / test_.count);
+    return std::make_optional(std::make_pair(sums[1] / test_.count, sums[0] / test_.count));
   }
 }
 
@@ -1476,8 +1519,24 @@ absl::Status Trainer::Run() {
   std::vector<at::Tensor> grads_before;
   for (const auto& [name, p] : model_.network->Parameters()) grads_before.push_back(p.grad());
 
+  // Test hook: TANDEM_TESTING_STALL_AT=CLOUD:STEP makes the leader of that
+  // cloud's pool hang at that step, as a stuck training loop would, while its
+  // process and link stay alive (tests of the "stuck" verdict).
+  std::optional<uint64_t> stall_at;
+  if (const char* hook = std::getenv("TANDEM_TESTING_STALL_AT"); hook != nullptr) {
+    const std::string text(hook);
+    const size_t colon = text.rfind(':');
+    if (colon != std::string::npos && text.substr(0, colon) == spec_.pools(pool_index_).cloud()) {
+      stall_at = std::strtoull(text.c_str() + colon + 1, nullptr, 10);
+    }
+  }
   progress_.Start();
   while (step_ < total_steps) {
+    shown_step_ = step_;
+    if (stall_at.has_value() && step_ == *stall_at && comm_.rank() == 0) {
+      Emit({{"event", "warning"}, {"message", "TANDEM_TESTING_STALL_AT: the leader hangs here"}});
+      while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
     const Clock::time_point step_start = Clock::now();
     const std::vector<uint32_t> batch = sampler_->GlobalBatch(cursor_);
     const uint32_t batch_size = static_cast<uint32_t>(batch.size());
@@ -1549,6 +1608,7 @@ absl::Status Trainer::Run() {
       // The same global batch again, split among the ranks that are left.
       status = SwitchPlan();
       if (!status.ok()) return status;
+      progress_.Start();
       continue;
     }
     if (!delayed() && active_.size() > 1) {
@@ -1584,13 +1644,21 @@ absl::Status Trainer::Run() {
     }
     if (train.eval_every_steps() != 0 && step_ % train.eval_every_steps() == 0 &&
         step_ != total_steps) {
-      absl::StatusOr<std::pair<double, double>> eval = Evaluate(RoundOf(step_ - 1, kEvalRound));
+      absl::StatusOr<std::optional<std::pair<double, double>>> eval =
+          Evaluate(RoundOf(step_ - 1, kEvalRound), /*may_skip=*/true);
       if (!eval.ok()) return eval.status();
-      Emit({{"event", "eval"},
-            {"step", step_},
-            {"test_accuracy", eval->first},
-            {"test_loss", eval->second},
-            {"eval_s", last_eval_seconds_}});
+      if (eval->has_value()) {
+        Emit({{"event", "eval"},
+              {"step", step_},
+              {"test_accuracy", (*eval)->first},
+              {"test_loss", (*eval)->second},
+              {"eval_s", last_eval_seconds_}});
+      } else {
+        Emit({{"event", "warning"},
+              {"message", absl::StrFormat("evaluation at step %d skipped: a pool was lost during "
+                                          "it (the next one is due at step %d)",
+                                          step_, step_ + train.eval_every_steps())}});
+      }
     }
     if (action == kStop) {
       stopped_ = true;
@@ -1609,6 +1677,7 @@ absl::Status Trainer::Run() {
     if (action == kReplanAfter) {
       status = SwitchPlan();
       if (!status.ok()) return status;
+      progress_.Start();
     }
     if (spec_.checkpoint().every_steps() != 0 && step_ % spec_.checkpoint().every_steps() == 0) {
       // A checkpoint holds a state with nothing in flight, so that a resume
@@ -1654,10 +1723,11 @@ absl::Status Trainer::Run() {
 
   // The last step's slot of rounds may be used up (its digest check): the
   // end uses the slot of the step that would come next.
-  absl::StatusOr<std::pair<double, double>> eval = Evaluate(RoundOf(step_, kEvalRound));
+  absl::StatusOr<std::optional<std::pair<double, double>>> eval =
+      Evaluate(RoundOf(step_, kEvalRound), /*may_skip=*/false);
   if (!eval.ok()) return eval.status();
-  test_accuracy = eval->first;
-  test_loss = eval->second;
+  test_accuracy = (*eval)->first;
+  test_loss = (*eval)->second;
   Emit({{"event", "eval"},
         {"step", step_},
         {"test_accuracy", test_accuracy},
@@ -1666,6 +1736,7 @@ absl::Status Trainer::Run() {
 
   SaveCheckpoint();
   if (comm_.rank() == 0) ReportSaves(/*wait=*/true);
+  TickProgress();
   const std::string digest = StateDigest(Views(StateTensors(model_, *optimizer_)));
   status = CheckReplicasAgree(digest);
   if (!status.ok()) return status;

@@ -54,8 +54,12 @@ struct WorkerOptions {
   // steps) (stuck); an alive, progressing peer is waited for up to
   // max(2 x stuck_after_ms, 50 x the longest step or evaluation seen). A
   // lost peer fails the job (with a coordinator: is reported to it).
+  // Both at least kMinLivenessMs: the link's heartbeats come every 500 ms.
   uint32_t liveness_ms = 4000;
   uint32_t stuck_after_ms = 60000;
+  // Each pool evaluates the whole test set on its own ranks (as tandem did
+  // before evaluation was sharded across pools); kept to compare against.
+  bool eval_per_pool = false;
 
   // A job run by `tandem agent`: the leader follows the plans of the
   // coordinator at this address (worker/plan_client.h). It learns there which

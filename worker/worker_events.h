@@ -4,7 +4,11 @@
 // through. Events and their fields:
 //   start       total_steps, start_step, ranks, parameters, resumed
 //   progress    step, total_steps, epoch, cursor, loss, samples_per_s
-//   eval        step, test_accuracy, test_loss
+//   eval        step, test_accuracy, test_loss, eval_s (its wall time)
+//   waiting     step, message: the peers the leader waits for in an exchange
+//               (alive, so not dropped), or "" once they delivered
+//   plan        generation, active, step, reason
+//   stopped     step, reason
 //   checkpoint  step, state_digest, bytes, save_ms
 //   warning     message
 //   done        steps, epochs, cursor, loss, test_accuracy, test_loss,

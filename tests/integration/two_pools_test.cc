@@ -275,6 +275,24 @@ TEST(TwoPoolsTest, UnreachablePeerFailsWithinTheExchangeDeadline) {
   EXPECT_LT(seconds, 60);
 }
 
+// A pool whose training loop hangs while its process and link stay alive
+// (the TANDEM_TESTING_STALL_AT hook): the other pool keeps hearing from it, so
+// it is not "link dead"; it is found "stuck" once it has made no progress for
+// --stuck-after, and the job fails naming it instead of hanging.
+TEST(TwoPoolsTest, AHungPeerIsFoundStuckNotDead) {
+  TempDir dir;
+  const std::string spec =
+      dir.Write("spec.yaml", SpecYaml("mlp", {{"cloud-a", 1}, {"cloud-b", 1}}, "fp16"));
+  ASSERT_EQ(setenv("TANDEM_TESTING_STALL_AT", "cloud-b:20", 1), 0);
+  RunResult run = RunTandem({"train", spec, "--store", dir.Join("s"), "--max-steps", "60",
+                             "--insecure", "--certs", dir.Join("certs"), "--stuck-after", "3"});
+  unsetenv("TANDEM_TESTING_STALL_AT");
+  EXPECT_EQ(run.exit_code, 1) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("pool cloud-a"));
+  EXPECT_THAT(run.err, HasSubstr("stuck: cloud-b is alive but made no progress")) << run.err;
+  EXPECT_THAT(run.err, ::testing::Not(HasSubstr("link dead"))) << run.err;
+}
+
 TEST(TwoPoolsTest, PlaintextLinksWhenAsked) {
   TempDir dir;
   const std::string spec =

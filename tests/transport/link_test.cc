@@ -568,7 +568,8 @@ TEST(GrpcLinkTest, AddressNobodyListensOnFailsWithinTheDeadline) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_THAT(r.status().message(), HasSubstr("pool 1"));
   EXPECT_THAT(r.status().message(), HasSubstr(Address(dead_port)));
-  EXPECT_THAT(r.status().message(), HasSubstr("0 of 4 streams up"));
+  // Four data streams and the control stream.
+  EXPECT_THAT(r.status().message(), HasSubstr("0 of 5 streams up"));
   EXPECT_GE(elapsed, deadline);
   EXPECT_LT(elapsed, deadline + milliseconds(2000));
 }
