@@ -20,7 +20,7 @@ agent_a=""
 tree() { local p; echo "$1"; for p in $(ps -o pid= --ppid "$1"); do tree "$p"; done; }
 signal_cloud_a() { local pids; pids=$(tree "$agent_a"); kill "-$1" $pids 2>/dev/null || true; }
 say() { printf '\n\033[1m>>> %s\033[0m\n' "$*"; }
-json() { /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
+json() { /usr/bin/python3 -c 'import json,sys; print(eval(sys.argv[1], {"d": json.load(sys.stdin)}))' "$1"; }
 
 cleanup() {
   local rc=$?
@@ -105,11 +105,11 @@ echo "$final" | json '"state %s after %d steps; final test accuracy %.4f\nbytes 
 # Every loss and every recovery, in order; the demo caused exactly one loss
 # (cloud-a, frozen), and a healthy cloud must never have been dropped.
 echo "losses and recoveries:"
-echo "$final" | json '"\n".join("  %s: %s" % ("lost     " if e["to"] == "RECOVERING" else "recovered", e["reason"]) for e in d["events"] if e["to"] == "RECOVERING" or e["reason"].startswith("recovered")) or "  none"'
+echo "$final" | json '"\n".join(("  lost:      " + e["reason"]) if e["to"] == "RECOVERING" else ("  recovered: " + e["reason"].split(": ", 1)[1]) for e in d["events"] if e["to"] == "RECOVERING" or e["reason"].startswith("recovered: ")) or "  none"'
 losses=$(echo "$final" | json 'len([e for e in d["events"] if e["to"] == "RECOVERING"])')
 intended=$(echo "$final" | json 'len([e for e in d["events"] if e["to"] == "RECOVERING" and "cloud-a lost" in e["reason"]])')
 # The recovery from the intended loss: the first "recovered" event after it.
-echo "$final" | json '(lambda i: "recovery: cloud-a lost -> next completed step: %s" % next((e["reason"].split(": ", 1)[1] for e in d["events"][i:] if e["reason"].startswith("recovered")), "none"))(next(i for i, e in enumerate(d["events"]) if e["to"] == "RECOVERING"))' || true
+echo "$final" | json '(lambda i: "recovery from the loss the demo caused: %s" % next((e["reason"].split(": ", 1)[1] for e in d["events"][i:] if e["reason"].startswith("recovered: ")), "none"))(next((i for i, e in enumerate(d["events"]) if e["to"] == "RECOVERING"), len(d["events"])))'
 echo "all events:"
 echo "$final" | json '"\n".join("  %s %s -> %s: %s" % (e.get("cloud") or "", e["from"], e["to"], e["reason"]) for e in d["events"])'
 [[ $(echo "$final" | json 'd["state"]') == SUCCEEDED ]]
